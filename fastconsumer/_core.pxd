@@ -1,0 +1,61 @@
+# The compiled core's interface: the ring buffer, the offset tracker and the ordering scheduler.
+from libc.stdint cimport int64_t, uint8_t
+
+
+cdef class RingBuffer:
+    cdef list _items
+    cdef Py_ssize_t _capacity
+    cdef Py_ssize_t _head
+    cdef Py_ssize_t _count
+
+    cpdef bint push(self, object item) except -1
+    cpdef Py_ssize_t extend(self, list items, Py_ssize_t start=*) except -1
+    cpdef object pop(self)
+    cpdef list drain(self)
+
+
+cdef class _Window:
+    cdef int64_t *offsets
+    cdef uint8_t *done
+    cdef Py_ssize_t head
+    cdef Py_ssize_t count
+    cdef Py_ssize_t mask
+    cdef Py_ssize_t n_acked
+    cdef int64_t first
+    cdef int64_t last
+    cdef int64_t reported
+    cdef bint moved
+
+    cdef int track(self, int64_t offset) except -1
+    cdef bint ack(self, int64_t offset)
+    cdef int64_t safe(self)
+
+
+cdef class OffsetTracker:
+    cdef dict _windows
+    cdef object _last_topic
+    cdef int64_t _last_partition
+    cdef _Window _last_window
+
+    cdef _Window _find(self, object topic, int64_t partition)
+    cpdef track(self, object topic, int64_t partition, int64_t offset)
+    cpdef track_messages(self, object messages)
+    cpdef bint ack(self, object topic, int64_t partition, int64_t offset)
+    cpdef bint ack_message(self, object msg)
+    cpdef list committable(self)
+
+
+cdef class Scheduler:
+    cdef int _ordering
+    cdef Py_ssize_t _capacity
+    cdef RingBuffer _ready
+    cdef dict _lanes
+    cdef Py_ssize_t _waiting
+
+    cdef object _lane_of(self, object msg)
+    cpdef bint push(self, object msg) except -1
+    cpdef Py_ssize_t extend(self, list messages, Py_ssize_t start=*) except -1
+    cpdef object pop(self)
+    cpdef list pop_batch(self, Py_ssize_t max_messages)
+    cpdef done(self, object msg)
+    cpdef done_batch(self, list messages)

@@ -1,0 +1,434 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The compiled core: ring buffer, offset tracker and ordering scheduler.
+
+Every message passes through these three on its way to a handler and back, so they are kept in C.
+``fastconsumer._pycore`` is the behaviour-identical pure-Python twin.
+"""
+
+from collections import deque
+
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.string cimport memset
+
+ORDERINGS = ("key", "partition", "unordered")
+
+cdef enum:
+    KEY = 0
+    PARTITION = 1
+    UNORDERED = 2
+
+
+cdef class RingBuffer:
+    """Bounded FIFO: ``push`` refuses instead of growing, so whoever fills it feels the back-pressure."""
+
+    def __cinit__(self, Py_ssize_t capacity):
+        if capacity < 1:
+            raise ValueError(f"ring buffer capacity must be >= 1, got {capacity}")
+        self._capacity = capacity
+        self._items = [None] * capacity
+        self._head = 0
+        self._count = 0
+
+    @property
+    def capacity(self):
+        return self._capacity
+
+    def __len__(self):
+        return self._count
+
+    def full(self):
+        return self._count >= self._capacity
+
+    cpdef bint push(self, object item) except -1:
+        cdef Py_ssize_t i
+        if item is None:
+            raise TypeError("ring buffer items cannot be None")
+        if self._count >= self._capacity:
+            return False
+        i = self._head + self._count
+        if i >= self._capacity:
+            i -= self._capacity
+        self._items[i] = item
+        self._count += 1
+        return True
+
+    cpdef Py_ssize_t extend(self, list items, Py_ssize_t start=0) except -1:
+        """Push ``items[start:]`` until full; return how many were taken."""
+        cdef Py_ssize_t n = len(items)
+        cdef Py_ssize_t room = self._capacity - self._count
+        cdef Py_ssize_t take = n - start
+        cdef Py_ssize_t k, i
+        if take > room:
+            take = room
+        if take <= 0:
+            return 0
+        for k in range(start, start + take):
+            if items[k] is None:
+                raise TypeError("ring buffer items cannot be None")
+        i = self._head + self._count
+        for k in range(start, start + take):
+            if i >= self._capacity:
+                i -= self._capacity
+            self._items[i] = items[k]
+            i += 1
+        self._count += take
+        return take
+
+    cpdef object pop(self):
+        """Oldest item, or None when empty."""
+        cdef object item
+        if self._count == 0:
+            return None
+        item = self._items[self._head]
+        self._items[self._head] = None
+        self._head += 1
+        if self._head == self._capacity:
+            self._head = 0
+        self._count -= 1
+        return item
+
+    cpdef list drain(self):
+        cdef list out = []
+        cdef object item
+        while self._count:
+            out.append(self.pop())
+        return out
+
+
+cdef class _Window:
+    """One partition's in-flight offsets in order, each with its acked flag; acked ones leave at the head.
+
+    A power-of-two ring of C integers: memory follows the in-flight window, not the partition's offsets.
+    """
+
+    def __cinit__(self, int64_t offset):
+        self.mask = 63
+        self.offsets = <int64_t *> PyMem_Malloc(64 * sizeof(int64_t))
+        self.done = <uint8_t *> PyMem_Malloc(64 * sizeof(uint8_t))
+        if self.offsets == NULL or self.done == NULL:
+            raise MemoryError()
+        self.head = 0
+        self.count = 0
+        self.n_acked = 0
+        self.first = offset
+        self.last = offset - 1
+        self.reported = offset
+        self.moved = False
+
+    def __dealloc__(self):
+        PyMem_Free(self.offsets)
+        PyMem_Free(self.done)
+
+    cdef int track(self, int64_t offset) except -1:
+        cdef Py_ssize_t cap = self.mask + 1
+        cdef Py_ssize_t k, i
+        cdef int64_t *offsets
+        cdef uint8_t *done
+        if self.count == cap:
+            offsets = <int64_t *> PyMem_Malloc(2 * cap * sizeof(int64_t))
+            done = <uint8_t *> PyMem_Malloc(2 * cap * sizeof(uint8_t))
+            if offsets == NULL or done == NULL:
+                PyMem_Free(offsets)
+                PyMem_Free(done)
+                raise MemoryError()
+            for k in range(self.count):
+                i = (self.head + k) & self.mask
+                offsets[k] = self.offsets[i]
+                done[k] = self.done[i]
+            PyMem_Free(self.offsets)
+            PyMem_Free(self.done)
+            self.offsets = offsets
+            self.done = done
+            self.head = 0
+            self.mask = 2 * cap - 1
+        i = (self.head + self.count) & self.mask
+        self.offsets[i] = offset
+        self.done[i] = 0
+        self.count += 1
+        self.last = offset
+        return 0
+
+    cdef bint ack(self, int64_t offset):
+        cdef Py_ssize_t lo, hi, mid, i
+        cdef int64_t head_offset
+        if self.count == 0:
+            return False
+        head_offset = self.offsets[self.head]
+        if offset < head_offset or offset > self.last:
+            return False
+        # Offsets are usually contiguous: try the direct slot before searching.
+        lo = <Py_ssize_t> (offset - head_offset)
+        if lo < self.count and self.offsets[(self.head + lo) & self.mask] == offset:
+            i = (self.head + lo) & self.mask
+        else:
+            lo = 0
+            hi = self.count - 1
+            i = -1
+            while lo <= hi:
+                mid = (lo + hi) >> 1
+                if self.offsets[(self.head + mid) & self.mask] < offset:
+                    lo = mid + 1
+                elif self.offsets[(self.head + mid) & self.mask] > offset:
+                    hi = mid - 1
+                else:
+                    i = (self.head + mid) & self.mask
+                    break
+            if i < 0:
+                return False
+        if self.done[i]:
+            return True
+        if i != self.head:
+            self.done[i] = 1
+            self.n_acked += 1
+            return True
+        self.head = (self.head + 1) & self.mask
+        self.count -= 1
+        while self.count and self.done[self.head]:
+            self.head = (self.head + 1) & self.mask
+            self.count -= 1
+            self.n_acked -= 1
+        self.moved = True
+        return True
+
+    cdef int64_t safe(self):
+        if self.count:
+            return self.offsets[self.head]
+        return self.last + 1
+
+
+cdef class OffsetTracker:
+    """Per-partition bookkeeping of which offsets may be committed.
+
+    The committable offset of a partition is the lowest tracked offset not yet acked (or one past the last
+    tracked offset when all are acked): committing it never skips a message that was not handled.
+    """
+
+    def __cinit__(self):
+        self._windows = {}
+        self._last_topic = None
+        self._last_partition = -1
+        self._last_window = None
+
+    cdef _Window _find(self, object topic, int64_t partition):
+        # Messages arrive in runs from one partition: remember the last window looked up.
+        if self._last_window is not None and partition == self._last_partition and topic == self._last_topic:
+            return self._last_window
+        window = self._windows.get((topic, partition))
+        if window is not None:
+            self._last_topic = topic
+            self._last_partition = partition
+            self._last_window = window
+        return window
+
+    cpdef track(self, object topic, int64_t partition, int64_t offset):
+        cdef _Window window = self._find(topic, partition)
+        if window is None:
+            window = _Window(offset)
+            self._windows[(topic, partition)] = window
+            self._last_topic = topic
+            self._last_partition = partition
+            self._last_window = window
+        elif offset <= window.last:
+            raise ValueError(
+                f"offset {offset} of {topic}[{partition}] tracked after {window.last}: offsets must increase"
+            )
+        window.track(offset)
+
+    cpdef track_messages(self, object messages):
+        for msg in messages:
+            self.track(msg.topic(), msg.partition(), msg.offset())
+
+    cpdef bint ack(self, object topic, int64_t partition, int64_t offset):
+        """Mark a tracked offset handled; False if it is not tracked (e.g. its partition was dropped)."""
+        cdef _Window window = self._find(topic, partition)
+        if window is None:
+            return False
+        return window.ack(offset)
+
+    cpdef bint ack_message(self, object msg):
+        return self.ack(msg.topic(), msg.partition(), msg.offset())
+
+    cpdef list committable(self):
+        """``(topic, partition, offset)`` for each partition whose safe offset moved since the last call."""
+        cdef list out = []
+        cdef _Window window
+        cdef int64_t safe
+        for key, value in self._windows.items():
+            window = <_Window> value
+            if window.moved:
+                window.moved = False
+                safe = window.safe()
+                if safe != window.reported:
+                    window.reported = safe
+                    out.append((key[0], key[1], safe))
+        return out
+
+    def positions(self):
+        """The safe offset of every partition that advanced at all: what a final commit writes."""
+        cdef list out = []
+        cdef _Window window
+        cdef int64_t safe
+        for key, value in self._windows.items():
+            window = <_Window> value
+            safe = window.safe()
+            if safe != window.first:
+                out.append((key[0], key[1], safe))
+        return out
+
+    def pending(self, topic, int64_t partition):
+        """Offsets tracked and not yet acked."""
+        cdef _Window window = self._windows.get((topic, partition))
+        return window.count - window.n_acked if window is not None else 0
+
+    def window_size(self, topic, int64_t partition):
+        """Entries held for a partition: bounded by its in-flight window, whatever its offsets."""
+        cdef _Window window = self._windows.get((topic, partition))
+        return window.count if window is not None else 0
+
+    def drop(self, topic, int64_t partition):
+        self._windows.pop((topic, partition), None)
+        self._last_window = None
+        self._last_topic = None
+
+    def partitions(self):
+        return list(self._windows)
+
+    def __len__(self):
+        cdef Py_ssize_t total = 0
+        cdef _Window window
+        for value in self._windows.values():
+            window = <_Window> value
+            total += window.count - window.n_acked
+        return total
+
+
+cdef class Scheduler:
+    """Decides which fetched message may run next under an ordering.
+
+    ``key``: one message per (partition, key) at a time, in offset order; a null key orders like its
+    partition. ``partition``: one message per partition at a time. ``unordered``: anything, at once.
+    Runnable messages wait in a ring buffer; messages held back by a busy lane wait in that lane.
+    """
+
+    def __cinit__(self, str ordering="key", Py_ssize_t capacity=10000):
+        if ordering not in ORDERINGS:
+            raise ValueError(f"ordering must be one of {', '.join(ORDERINGS)}; got {ordering!r}")
+        self._ordering = ORDERINGS.index(ordering)
+        self._capacity = capacity
+        self._ready = RingBuffer(capacity)
+        self._lanes = {}
+        self._waiting = 0
+
+    @property
+    def ordering(self):
+        return ORDERINGS[self._ordering]
+
+    @property
+    def capacity(self):
+        return self._capacity
+
+    def __len__(self):
+        """Messages held, runnable or waiting (not those handed out)."""
+        return self._ready._count + self._waiting
+
+    def ready(self):
+        return self._ready._count
+
+    cdef object _lane_of(self, object msg):
+        if self._ordering == KEY:
+            return (msg.topic(), msg.partition(), msg.key())
+        return (msg.topic(), msg.partition())
+
+    cpdef bint push(self, object msg) except -1:
+        cdef object lane, queue
+        if self._ready._count + self._waiting >= self._capacity:
+            return False
+        if self._ordering == UNORDERED:
+            return self._ready.push(msg)
+        lane = self._lane_of(msg)
+        queue = self._lanes.get(lane)
+        if queue is None:
+            self._lanes[lane] = deque()
+            self._ready.push(msg)
+        else:
+            queue.append(msg)
+            self._waiting += 1
+        return True
+
+    cpdef Py_ssize_t extend(self, list messages, Py_ssize_t start=0) except -1:
+        """Push ``messages[start:]`` until full; return how many were taken."""
+        cdef Py_ssize_t n = len(messages)
+        cdef Py_ssize_t i = start
+        if self._ordering == UNORDERED:
+            return self._ready.extend(messages, start)
+        while i < n and self.push(messages[i]):
+            i += 1
+        return i - start
+
+    cpdef object pop(self):
+        """The next runnable message, or None."""
+        return self._ready.pop()
+
+    cpdef list pop_batch(self, Py_ssize_t max_messages):
+        """Up to ``max_messages`` messages runnable together: each lane's waiting successors come along in
+        order, since one handler call takes them in sequence."""
+        cdef list batch = []
+        cdef object msg, queue
+        while len(batch) < max_messages:
+            msg = self._ready.pop()
+            if msg is None:
+                break
+            batch.append(msg)
+            if self._ordering != UNORDERED:
+                queue = self._lanes[self._lane_of(msg)]
+                while queue and len(batch) < max_messages:
+                    batch.append(queue.popleft())
+                    self._waiting -= 1
+        return batch
+
+    cpdef done(self, object msg):
+        """Release the lane of a handed-out message: the next one waiting in it becomes runnable."""
+        cdef object lane, queue
+        if self._ordering == UNORDERED:
+            return
+        lane = self._lane_of(msg)
+        queue = self._lanes.get(lane)
+        if queue is None:
+            return
+        if queue:
+            self._ready.push(queue.popleft())
+            self._waiting -= 1
+        else:
+            del self._lanes[lane]
+
+    cpdef done_batch(self, list messages):
+        cdef set seen
+        if self._ordering == UNORDERED:
+            return
+        seen = set()
+        for msg in messages:
+            lane = self._lane_of(msg)
+            if lane not in seen:
+                seen.add(lane)
+                self.done(msg)
+
+    def drop(self, topic, int64_t partition):
+        """Forget the held messages of a partition (it was revoked); return how many."""
+        cdef Py_ssize_t dropped = 0
+        cdef list kept = []
+        for msg in self._ready.drain():
+            if msg.partition() != partition or msg.topic() != topic:
+                kept.append(msg)
+                continue
+            dropped += 1
+            if self._ordering != UNORDERED:  # the lane's holder never ran: free the lane with its queue
+                queue = self._lanes.pop(self._lane_of(msg))
+                dropped += len(queue)
+                self._waiting -= len(queue)
+        self._ready.extend(kept)
+        for lane, queue in self._lanes.items():  # lanes held by running messages stay held until done()
+            if queue and lane[1] == partition and lane[0] == topic:
+                dropped += len(queue)
+                self._waiting -= len(queue)
+                queue.clear()
+        return dropped

@@ -1,0 +1,531 @@
+"""The engine: fetches batches, schedules them under an ordering, runs handlers, commits what is safe."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaException, Message, TopicPartition
+
+from fastconsumer import core, policy
+from fastconsumer.errors import ConfigError, HandlerError
+from fastconsumer.loops import new_event_loop
+from fastconsumer.source import Source
+
+log = logging.getLogger("fastconsumer")
+
+Handler = Callable[[Message], Awaitable[Any]]
+BatchHandler = Callable[[list[Message]], Awaitable[Any]]
+
+# A worker that never had to wait yields to the loop this often, so fetching and committing keep going
+# even when handlers finish without suspending.
+YIELD_EVERY = 64
+
+
+def batch(handler: BatchHandler) -> BatchHandler:
+    """Mark a handler as taking a list of messages (in offset order per partition and key) per call."""
+    handler.__fastconsumer_batch__ = True  # type: ignore[attr-defined]
+    return handler
+
+
+def is_batch_handler(handler: Any) -> bool:
+    return bool(getattr(handler, "__fastconsumer_batch__", False))
+
+
+def _is_coroutine_function(obj: Any) -> bool:
+    return inspect.iscoroutinefunction(obj) or inspect.iscoroutinefunction(getattr(obj, "__call__", None))  # noqa: B004
+
+
+@dataclass
+class Summary:
+    """What a run did; ``committed`` is what the group's offsets were left at."""
+
+    source: str
+    core: str
+    consumed: int
+    processed: int
+    failed: int
+    abandoned: int
+    committed: list[dict] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    rate: float = 0.0
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Consumer:
+    """Runs ``handler`` on every message of ``source`` with at most ``concurrency`` calls at once.
+
+    Offsets are committed asynchronously every ``commit_interval`` seconds and synchronously on stop, and
+    never past a message whose handler has not finished: delivery is at-least-once.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        handler: Handler | BatchHandler,
+        *,
+        concurrency: int = 64,
+        ordering: str = "key",
+        batch_size: int = 500,
+        max_buffered: int | None = None,
+        commit_interval: float = 1.0,
+        shutdown_timeout: float = 30.0,
+        max_messages: int | None = None,
+        on_error: policy.ErrorPolicy = policy.stop,
+    ) -> None:
+        if not _is_coroutine_function(handler):
+            raise ConfigError(f"handler {_name(handler)} must be a coroutine function (async def)")
+        for name, value in (("concurrency", concurrency), ("batch_size", batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        if max_buffered is None:
+            max_buffered = max(4 * batch_size, 4 * concurrency)
+        if max_buffered < batch_size:
+            raise ConfigError(f"max_buffered ({max_buffered}) must be >= batch_size ({batch_size})")
+        if commit_interval <= 0:
+            raise ConfigError(f"commit_interval must be > 0 seconds, got {commit_interval!r}")
+        if shutdown_timeout < 0:
+            raise ConfigError(f"shutdown_timeout must be >= 0 seconds, got {shutdown_timeout!r}")
+        if max_messages is not None and max_messages < 1:
+            raise ConfigError(f"max_messages must be >= 1, got {max_messages!r}")
+        impl = core.impl
+        try:
+            self._scheduler = impl.Scheduler(ordering, max_buffered)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self._tracker = impl.OffsetTracker()
+        self.core = core.core_impl()
+        self.source = source
+        self.handler = handler
+        self.batch = is_batch_handler(handler)
+        self.concurrency = concurrency
+        self.ordering = ordering
+        self.batch_size = batch_size
+        self.max_buffered = max_buffered
+        self.commit_interval = commit_interval
+        self.shutdown_timeout = shutdown_timeout
+        self.max_messages = max_messages
+        self.on_error = on_error
+
+        self.consumed = 0
+        self.processed = 0
+        self.failed = 0
+        self.abandoned = 0
+        self.in_flight = 0
+        self.committed: dict[tuple[str, int], int] = {}
+        self.commit_failures = 0
+        self.error: BaseException | None = None
+        self.summary: Summary | None = None
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._thread: threading.Thread | None = None
+        self._running = threading.Event()  # set once consuming, or once the run ended
+        self._finished = threading.Event()
+        self._stop_reported = False
+        self._stopping = False
+        self._started_at = 0.0
+        self._elapsed = 0.0
+        self._low_water = max_buffered - batch_size
+        self._space_wanted = False
+        self._idle: deque[asyncio.Future] = deque()
+        self._revoking: set[tuple[str, int]] = set()
+        self._opened: asyncio.Future | None = None
+
+    # -- state for progress displays
+
+    @property
+    def buffered(self) -> int:
+        """Messages fetched and waiting for a handler slot."""
+        return len(self._scheduler)
+
+    @property
+    def running(self) -> bool:
+        return self._running.is_set() and not self._finished.is_set()
+
+    def elapsed(self) -> float:
+        if self._finished.is_set() or not self._started_at:
+            return self._elapsed
+        return time.monotonic() - self._started_at
+
+    # -- the asyncio API
+
+    async def run(self) -> Summary:
+        """Consume until stopped; raise ``HandlerError`` if the error policy stopped the run."""
+        if self._loop is not None:
+            raise RuntimeError("this Consumer has already run; create a new one")
+        loop = self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._stop_event = asyncio.Event()
+        self._abandon_event = asyncio.Event()
+        self._space = asyncio.Event()
+        self._revoked = asyncio.Event()
+        self._done = asyncio.Event()
+        self._started_at = time.monotonic()
+        try:
+            await self.source.open(self)
+            self._running.set()
+            if self._opened is not None:
+                self._opened.set_result(None)
+            log.info(
+                "consuming from %s: concurrency %d, ordering %s, %s core",
+                self.source.name,
+                self.concurrency,
+                self.ordering,
+                self.core,
+            )
+            fetcher = loop.create_task(self._fetch_loop(), name="fastconsumer-fetch")
+            committer = loop.create_task(self._commit_loop(), name="fastconsumer-commit")
+            work = self._batch_worker if self.batch else self._worker
+            workers = [
+                loop.create_task(work(), name=f"fastconsumer-worker-{i}") for i in range(self.concurrency)
+            ]
+            try:
+                await self._stop_event.wait()
+            except (
+                asyncio.CancelledError
+            ):  # the run itself was cancelled: abandon, but still commit and close
+                self._begin_stop(True)
+                await self._drain(fetcher, committer, workers)
+                raise
+            await self._drain(fetcher, committer, workers)
+        finally:
+            self._elapsed = time.monotonic() - self._started_at
+            self.summary = self._summarize()
+            self._done.set()
+            self._finished.set()
+            self._running.set()
+        if self.error is not None:
+            raise self.error
+        return self.summary
+
+    async def aclose(self) -> Summary | None:
+        """Stop gracefully and wait until the run has ended."""
+        if self._loop is None:
+            return None
+        self.request_stop()
+        await self._done.wait()
+        return self.summary
+
+    async def __aenter__(self) -> Consumer:
+        loop = asyncio.get_running_loop()
+        self._opened = loop.create_future()
+        self._task = loop.create_task(self.run())
+        await asyncio.wait([self._task, self._opened], return_when=asyncio.FIRST_COMPLETED)
+        if self._task.done():
+            self._task.result()  # raises what ended it
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        self.request_stop()
+        await self._task
+
+    # -- the thread API (the brief's Start/Stop)
+
+    def start(self, loop: str = "auto") -> None:
+        """Start consuming on a background event loop; return once consumption is running."""
+        if self._thread is not None or self._loop is not None:
+            raise RuntimeError("this Consumer has already been started; create a new one")
+        event_loop = new_event_loop(loop)
+
+        def main() -> None:
+            try:
+                event_loop.run_until_complete(self.run())
+            except BaseException:  # kept in self.error or re-raised from run(): reported by stop()/join()
+                pass
+            finally:
+                event_loop.close()
+
+        self._thread = threading.Thread(target=main, name="fastconsumer", daemon=True)
+        self._thread.start()
+        self._running.wait()
+        if self._finished.is_set():
+            self.join()
+
+    def stop(self) -> Summary | None:
+        """Stop fetching, wait for the handlers already started, commit, close the source.
+
+        Idempotent, and a no-op before ``start()``. Raises the ``HandlerError`` that stopped the run, once.
+        """
+        if self._loop is None:
+            return None
+        if threading.get_ident() == self._loop_thread:
+            raise RuntimeError(
+                "stop() would block the consumer's own event loop; use request_stop() or aclose()"
+            )
+        self.request_stop()
+        return self.join()
+
+    def join(self, timeout: float | None = None) -> Summary | None:
+        """Wait until the run has ended (stopped or failed) and return its summary."""
+        if not self._finished.wait(timeout):
+            return None
+        if self._thread is not None:
+            self._thread.join()
+        if self.error is not None and not self._stop_reported:
+            self._stop_reported = True
+            raise self.error
+        return self.summary
+
+    def request_stop(self, abandon: bool = False) -> None:
+        """Ask for a graceful stop without waiting; ``abandon`` stops waiting for running handlers.
+
+        Safe from any thread, a signal handler or a handler.
+        """
+        loop = self._loop
+        if loop is None or self._finished.is_set():
+            return
+        if threading.get_ident() == self._loop_thread:
+            self._begin_stop(abandon)
+        else:
+            try:
+                loop.call_soon_threadsafe(self._begin_stop, abandon)
+            except RuntimeError:  # the loop closed meanwhile: the run is over
+                pass
+
+    # -- inside the loop
+
+    def _begin_stop(self, abandon: bool) -> None:
+        self._stopping = True
+        self._stop_event.set()
+        if abandon:
+            self._abandon_event.set()
+        self._wake_idle(len(self._idle))
+
+    def _wake_idle(self, n: int) -> None:
+        idle = self._idle
+        while n > 0 and idle:
+            waiter = idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                n -= 1
+
+    async def _fetch_loop(self) -> None:
+        source = self.source
+        scheduler = self._scheduler
+        tracker = self._tracker
+        batch_size = self.batch_size
+        cap = self.max_buffered
+        while not self._stopping:
+            room = cap - len(scheduler) - self.in_flight
+            if room < batch_size:
+                self._space.clear()
+                self._space_wanted = True
+                await self._space.wait()
+                continue
+            messages = await source.fetch(batch_size)
+            if not messages:
+                continue
+            tracker.track_messages(messages)
+            scheduler.extend(messages)
+            self.consumed += len(messages)
+            self._wake_idle(scheduler.ready())
+
+    def _finished_one(self, n: int) -> None:
+        """Bookkeeping after ``n`` messages were handled."""
+        self.processed += n
+        if self._space_wanted and len(self._scheduler) + self.in_flight <= self._low_water:
+            self._space_wanted = False
+            self._space.set()
+        if self.max_messages is not None and self.processed >= self.max_messages and not self._stopping:
+            self._begin_stop(False)
+
+    async def _worker(self) -> None:
+        scheduler = self._scheduler
+        tracker = self._tracker
+        handler = self.handler
+        loop = self._loop
+        assert loop is not None
+        idle = self._idle
+        streak = 0
+        while not self._stopping:
+            msg = scheduler.pop()
+            if msg is None:
+                streak = 0
+                waiter = loop.create_future()
+                idle.append(waiter)
+                await waiter
+                continue
+            self.in_flight += 1
+            try:
+                await handler(msg)
+            except Exception as exc:
+                self.in_flight -= 1
+                await self._handle_failure([msg], exc)
+                continue
+            self.in_flight -= 1
+            tracker.ack_message(msg)
+            scheduler.done(msg)
+            if self._revoking:
+                self._revoked.set()
+            self._finished_one(1)
+            streak += 1
+            if streak == YIELD_EVERY:
+                streak = 0
+                await asyncio.sleep(0)
+
+    async def _batch_worker(self) -> None:
+        scheduler = self._scheduler
+        tracker = self._tracker
+        handler = self.handler
+        loop = self._loop
+        assert loop is not None
+        idle = self._idle
+        size = self.batch_size
+        while not self._stopping:
+            messages = scheduler.pop_batch(size)
+            if not messages:
+                waiter = loop.create_future()
+                idle.append(waiter)
+                await waiter
+                continue
+            n = len(messages)
+            self.in_flight += n
+            try:
+                await handler(messages)
+            except Exception as exc:
+                self.in_flight -= n
+                await self._handle_failure(messages, exc)
+                continue
+            self.in_flight -= n
+            for msg in messages:
+                tracker.ack_message(msg)
+            scheduler.done_batch(messages)
+            if self._revoking:
+                self._revoked.set()
+            self._finished_one(n)
+            await asyncio.sleep(0)
+
+    async def _handle_failure(self, messages: list[Message], exc: Exception) -> None:
+        self.failed += len(messages)
+        try:
+            done = await self.on_error(messages, exc)
+        except Exception as policy_exc:  # a policy that fails cannot vouch for the message
+            log.exception("error policy %s failed", _name(self.on_error))
+            exc, done = policy_exc, False
+        if done:
+            for msg in messages:
+                self._tracker.ack_message(msg)
+            self._scheduler.done_batch(messages)
+            return
+        # The lanes stay held and the offsets unacked: nothing at or after the failed message is committed.
+        if self.error is None:
+            self.error = HandlerError.for_message(messages[0], exc)
+            log.error("%s; stopping", self.error)
+        self._begin_stop(False)
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.commit_interval)
+            self._commit_async()
+
+    def _commit_async(self) -> None:
+        offsets = self._tracker.committable()
+        if offsets:
+            self.source.commit([TopicPartition(t, p, o) for t, p, o in offsets])
+
+    def on_commit(self, offsets: list[TopicPartition], error: KafkaException | None) -> None:
+        if error is not None:
+            # The offsets stay in the tracker's positions, so the next commit (or the final one) covers them.
+            self.commit_failures += 1
+            log.warning("asynchronous commit failed, the next commit covers it: %s", error)
+            return
+        for tp in offsets:
+            self.committed[(tp.topic, tp.partition)] = tp.offset
+
+    async def _commit_sync(self, positions: list[tuple[str, int, int]]) -> None:
+        pending = [(t, p, o) for t, p, o in positions if self.committed.get((t, p)) != o]
+        if not pending:
+            return
+        await self.source.commit_sync([TopicPartition(t, p, o) for t, p, o in pending])
+        for t, p, o in pending:
+            self.committed[(t, p)] = o
+
+    async def on_revoke(self, partitions: list[TopicPartition]) -> None:
+        """Stop dispatching the revoked partitions, let their running handlers finish, commit, forget them."""
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        queued = {key: self._scheduler.drop(*key) for key in keys}
+        self._revoking.update(keys)
+        try:
+            while any(self._tracker.pending(*key) > queued[key] for key in keys):
+                self._revoked.clear()
+                await self._revoked.wait()
+        finally:
+            self._revoking.difference_update(keys)
+        positions = [pos for pos in self._tracker.positions() if (pos[0], pos[1]) in queued]
+        try:
+            await self._commit_sync(positions)
+        finally:
+            for key in keys:
+                self._tracker.drop(*key)
+                self.committed.pop(key, None)
+
+    def on_lost(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._scheduler.drop(tp.topic, tp.partition)
+            self._tracker.drop(tp.topic, tp.partition)
+            self.committed.pop((tp.topic, tp.partition), None)
+
+    async def _drain(
+        self, fetcher: asyncio.Task, committer: asyncio.Task, workers: list[asyncio.Task]
+    ) -> None:
+        """The graceful stop: no new fetches or handler calls, wait for those running, commit, close."""
+        fetcher.cancel()
+        committer.cancel()
+        await asyncio.gather(fetcher, committer, return_exceptions=True)
+        if workers:
+            finished = asyncio.ensure_future(asyncio.gather(*workers, return_exceptions=True))
+            abandon = asyncio.ensure_future(self._abandon_event.wait())
+            await asyncio.wait(
+                [finished, abandon], timeout=self.shutdown_timeout, return_when="FIRST_COMPLETED"
+            )
+            abandon.cancel()
+            if not finished.done():
+                self.abandoned = self.in_flight
+                log.warning(
+                    "abandoning %d running handler(s); their messages stay uncommitted", self.in_flight
+                )
+                for task in workers:
+                    task.cancel()
+                await finished
+        try:
+            await self._commit_sync(self._tracker.positions())
+        except Exception as exc:
+            log.error("final commit failed: %s", exc)
+            if self.error is None:
+                self.error = exc
+        finally:
+            await self.source.close()
+
+    def _summarize(self) -> Summary:
+        elapsed = self._elapsed
+        return Summary(
+            source=self.source.name,
+            core=self.core,
+            consumed=self.consumed,
+            processed=self.processed,
+            failed=self.failed,
+            abandoned=self.abandoned,
+            committed=[
+                {"topic": t, "partition": p, "offset": o} for (t, p), o in sorted(self.committed.items())
+            ],
+            elapsed_s=round(elapsed, 3),
+            rate=round(self.processed / elapsed, 1) if elapsed > 0 else 0.0,
+            error=str(self.error) if self.error is not None else None,
+        )
+
+
+def _name(obj: Any) -> str:
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    return f"{module}:{qualname}" if module else qualname

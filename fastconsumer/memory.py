@@ -1,0 +1,143 @@
+"""The built-in memory source: the brief's fake client, grown into a partitioned log with consumer groups.
+
+Messages are made on demand, so an endless log costs no memory; committed offsets are kept per group, so a
+new consumer in the same group resumes where the last one committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from confluent_kafka import Message, TopicPartition
+
+from fastconsumer.source import SourceListener
+
+TIMESTAMP_CREATE_TIME = 1
+
+
+def brief_json(index: int) -> bytes:
+    """The brief's payload: ``{"foo": "foo<i>", "bar": "bar<i>"}``."""
+    return b'{"foo": "foo%d", "bar": "bar%d"}' % (index, index)
+
+
+class MemoryLog:
+    """One topic of ``partitions`` partitions holding ``count`` messages in all, or endless when None.
+
+    Message ``index = offset * partitions + partition`` is unique across the log. Each of the ``keys``
+    distinct keys lives in exactly one partition, as a key-hashing producer would place it; ``keys=0`` gives
+    null keys.
+    """
+
+    def __init__(
+        self,
+        topic: str = "foo",
+        partitions: int = 3,
+        count: int | None = None,
+        keys: int = 1024,
+        payload: Callable[[int], bytes] = brief_json,
+    ) -> None:
+        if partitions < 1:
+            raise ValueError(f"partitions must be >= 1, got {partitions}")
+        if count is not None and count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        if keys < 0:
+            raise ValueError(f"keys must be >= 0, got {keys}")
+        self.topic = topic
+        self.partitions = partitions
+        self.count = count
+        self.payload = payload
+        # keys of partition p: p, p + partitions, p + 2 * partitions, ... below ``keys``
+        self._keys_in = [len(range(p, keys, partitions)) for p in range(partitions)]
+        self._committed: dict[str, dict[int, int]] = {}
+
+    def end_offset(self, partition: int) -> int | None:
+        """One past the last offset of a partition, None when endless."""
+        if self.count is None:
+            return None
+        return self.count // self.partitions + (partition < self.count % self.partitions)
+
+    def message(self, partition: int, offset: int, timestamp_ms: int = 0) -> Message:
+        n_keys = self._keys_in[partition]
+        key = b"key-%d" % (partition + self.partitions * (offset % n_keys)) if n_keys else None
+        return Message(
+            topic=self.topic,
+            partition=partition,
+            offset=offset,
+            key=key,
+            value=self.payload(offset * self.partitions + partition),
+            timestamp=(TIMESTAMP_CREATE_TIME, timestamp_ms),
+        )
+
+    def committed(self, group: str) -> dict[int, int]:
+        """The group's committed offset per partition (partitions never committed are absent)."""
+        return dict(self._committed.get(group, {}))
+
+    def commit(self, group: str, offsets: list[TopicPartition]) -> None:
+        committed = self._committed.setdefault(group, {})
+        for tp in offsets:
+            if tp.topic != self.topic:
+                raise ValueError(f"commit for unknown topic {tp.topic!r} (this log holds {self.topic!r})")
+            committed[tp.partition] = tp.offset
+
+
+class MemorySource:
+    """A consumer-group member of a ``MemoryLog`` that owns all its partitions."""
+
+    name = "memory"
+
+    def __init__(self, log: MemoryLog | None = None, group: str = "fastconsumer", idle_wait: float = 0.05):
+        self.log = log if log is not None else MemoryLog()
+        self.group = group
+        self.idle_wait = idle_wait
+        self._positions: list[int] = []
+        self._next = 0
+        self._listener: SourceListener | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def open(self, listener: SourceListener) -> None:
+        self._listener = listener
+        self._loop = asyncio.get_running_loop()
+        committed = self.log.committed(self.group)
+        self._positions = [committed.get(p, 0) for p in range(self.log.partitions)]
+
+    async def fetch(self, max_messages: int) -> list[Message]:
+        log = self.log
+        n = log.partitions
+        share = -(-max_messages // n)
+        now_ms = int(time.time() * 1000)
+        out: list[Message] = []
+        make = log.message
+        for k in range(n):
+            p = (self._next + k) % n
+            start = self._positions[p]
+            end = start + min(share, max_messages - len(out))
+            limit = log.end_offset(p)
+            if limit is not None and end > limit:
+                end = limit
+            out.extend([make(p, offset, now_ms) for offset in range(start, end)])
+            self._positions[p] = max(start, end)
+            if len(out) >= max_messages:
+                break
+        self._next = (self._next + 1) % n
+        if not out:
+            await asyncio.sleep(self.idle_wait)  # like consume(timeout): nothing will arrive sooner
+        return out
+
+    def commit(self, offsets: list[TopicPartition]) -> None:
+        self.log.commit(self.group, offsets)
+        assert self._loop is not None and self._listener is not None
+        self._loop.call_soon(self._listener.on_commit, offsets, None)
+
+    async def commit_sync(self, offsets: list[TopicPartition]) -> None:
+        self.log.commit(self.group, offsets)
+
+    def at_end(self) -> bool:
+        return all(
+            self.log.end_offset(p) is not None and pos >= self.log.end_offset(p)
+            for p, pos in enumerate(self._positions)
+        )
+
+    async def close(self) -> None:
+        self._listener = None

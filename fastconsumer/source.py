@@ -1,0 +1,42 @@
+"""The contract between the engine and where messages come from (the memory log, Kafka)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from confluent_kafka import KafkaException, Message, TopicPartition
+
+
+class SourceListener(Protocol):
+    """What a source tells the engine. Called on the engine's event loop."""
+
+    def on_commit(self, offsets: list[TopicPartition], error: KafkaException | None) -> None:
+        """An asynchronous commit finished (``error`` is None when it succeeded)."""
+
+    async def on_revoke(self, partitions: list[TopicPartition]) -> None:
+        """Partitions are leaving: finish their in-flight messages and commit them before returning."""
+
+    def on_lost(self, partitions: list[TopicPartition]) -> None:
+        """Partitions are already gone: forget them without committing."""
+
+
+class Source(Protocol):
+    name: str
+
+    async def open(self, listener: SourceListener) -> None:
+        """Connect and subscribe; raise if that cannot happen."""
+
+    async def fetch(self, max_messages: int) -> list[Message]:
+        """Up to ``max_messages`` messages, waiting a short while for some; may return an empty list."""
+
+    def commit(self, offsets: list[TopicPartition]) -> None:
+        """Request an asynchronous commit; its result reaches ``listener.on_commit``."""
+
+    async def commit_sync(self, offsets: list[TopicPartition]) -> None:
+        """Commit and wait for the result; raise if it failed."""
+
+    def at_end(self) -> bool:
+        """True when every assigned partition has been fetched to its end."""
+
+    async def close(self) -> None:
+        """Leave the group and release resources."""
