@@ -177,7 +177,7 @@ class Consumer:
             self._running.set()
             if self._opened is not None:
                 self._opened.set_result(None)
-            log.info(
+            log.debug(
                 "consuming from %s: concurrency %d, ordering %s, %s core",
                 self.source.name,
                 self.concurrency,

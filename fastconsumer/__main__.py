@@ -1,0 +1,5 @@
+import sys
+
+from fastconsumer.cli import main
+
+sys.exit(main())
