@@ -275,6 +275,22 @@ cdef class OffsetTracker:
                 out.append((key[0], key[1], safe))
         return out
 
+    def frontiers(self):
+        """``(topic, partition, highest acked offset + 1)`` for each partition with a gap below its highest
+        acked offset: the messages that must still be handled for a commit to cover all acked ones."""
+        cdef list out = []
+        cdef _Window window
+        cdef Py_ssize_t k, i
+        for key, value in self._windows.items():
+            window = <_Window> value
+            if window.n_acked:
+                for k in range(window.count - 1, -1, -1):
+                    i = (window.head + k) & window.mask
+                    if window.done[i]:
+                        out.append((key[0], key[1], window.offsets[i] + 1))
+                        break
+        return out
+
     def pending(self, topic, int64_t partition):
         """Offsets tracked and not yet acked."""
         cdef _Window window = self._windows.get((topic, partition))

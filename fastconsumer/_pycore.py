@@ -157,6 +157,17 @@ class OffsetTracker:
                 out.append((topic, partition, safe))
         return out
 
+    def frontiers(self) -> list[tuple[str, int, int]]:
+        """``(topic, partition, highest acked offset + 1)`` for each partition with a gap below its highest
+        acked offset: the messages that must still be handled for a commit to cover all acked ones."""
+        out = []
+        for (topic, partition), window in self._windows.items():
+            if window.n_acked:
+                done = window.done
+                top = next(offset for offset in reversed(window.order) if done[offset])
+                out.append((topic, partition, top + 1))
+        return out
+
     def pending(self, topic: str, partition: int) -> int:
         """Offsets tracked and not yet acked."""
         window = self._windows.get((topic, partition))

@@ -134,6 +134,9 @@ class Consumer:
         self._finished = threading.Event()
         self._stop_reported = False
         self._stopping = False
+        self._dispatching = True  # workers may take messages from the scheduler
+        self._exit = False  # workers return once idle
+        self._fill_to: dict[tuple[str, int], int] | None = None
         self._started_at = 0.0
         self._elapsed = 0.0
         self._low_water = max_buffered - batch_size
@@ -171,6 +174,7 @@ class Consumer:
         self._space = asyncio.Event()
         self._revoked = asyncio.Event()
         self._done = asyncio.Event()
+        self._quiet = asyncio.Event()
         self._started_at = time.monotonic()
         try:
             await self.source.open(self)
@@ -297,10 +301,20 @@ class Consumer:
 
     def _begin_stop(self, abandon: bool) -> None:
         self._stopping = True
+        self._dispatching = False
         self._stop_event.set()
         if abandon:
             self._abandon_event.set()
         self._wake_idle(len(self._idle))
+
+    def _task_ended(self, task: asyncio.Task) -> None:
+        """A fetcher or worker that dies of an exception stops the run with that error, not silently."""
+        if task.cancelled() or task.exception() is None:
+            return
+        if self.error is None:
+            self.error = task.exception()
+            log.error("%s failed: %r; stopping", task.get_name(), self.error)
+        self._begin_stop(False)
 
     def _wake_idle(self, n: int) -> None:
         idle = self._idle
@@ -331,30 +345,49 @@ class Consumer:
             self.consumed += len(messages)
             self._wake_idle(scheduler.ready())
 
-    def _finished_one(self, n: int) -> None:
+    async def _wait_for_work(self) -> None:
+        if self._stopping:
+            self._check_quiet()
+        waiter = self._loop.create_future()  # type: ignore[union-attr]
+        self._idle.append(waiter)
+        await waiter
+
+    def _fills_gap(self, msg: Message) -> bool:
+        """While stopping: run only messages below a partition's highest handled offset, so the final commit
+        covers every message handled and nothing is delivered twice."""
+        return msg.offset() < self._fill_to.get((msg.topic(), msg.partition()), -1)  # type: ignore[union-attr]
+
+    def _check_quiet(self) -> None:
+        if self.in_flight == 0 and (not self._dispatching or self._scheduler.ready() == 0):
+            self._quiet.set()
+
+    def _handled(self, n: int) -> None:
         """Bookkeeping after ``n`` messages were handled."""
         self.processed += n
         if self._space_wanted and len(self._scheduler) + self.in_flight <= self._low_water:
             self._space_wanted = False
             self._space.set()
-        if self.max_messages is not None and self.processed >= self.max_messages and not self._stopping:
+        if self._revoking:
+            self._revoked.set()
+        if self._stopping:
+            self._check_quiet()
+        elif self.max_messages is not None and self.processed >= self.max_messages:
             self._begin_stop(False)
 
     async def _worker(self) -> None:
         scheduler = self._scheduler
         tracker = self._tracker
         handler = self.handler
-        loop = self._loop
-        assert loop is not None
-        idle = self._idle
         streak = 0
-        while not self._stopping:
-            msg = scheduler.pop()
+        while True:
+            msg = scheduler.pop() if self._dispatching else None
             if msg is None:
+                if self._exit:
+                    return
                 streak = 0
-                waiter = loop.create_future()
-                idle.append(waiter)
-                await waiter
+                await self._wait_for_work()
+                continue
+            if self._fill_to is not None and not self._fills_gap(msg):
                 continue
             self.in_flight += 1
             try:
@@ -366,9 +399,7 @@ class Consumer:
             self.in_flight -= 1
             tracker.ack_message(msg)
             scheduler.done(msg)
-            if self._revoking:
-                self._revoked.set()
-            self._finished_one(1)
+            self._handled(1)
             streak += 1
             if streak == YIELD_EVERY:
                 streak = 0
@@ -378,16 +409,15 @@ class Consumer:
         scheduler = self._scheduler
         tracker = self._tracker
         handler = self.handler
-        loop = self._loop
-        assert loop is not None
-        idle = self._idle
         size = self.batch_size
-        while not self._stopping:
-            messages = scheduler.pop_batch(size)
+        while True:
+            messages = scheduler.pop_batch(size) if self._dispatching else []
+            if self._fill_to is not None:
+                messages = [msg for msg in messages if self._fills_gap(msg)]
             if not messages:
-                waiter = loop.create_future()
-                idle.append(waiter)
-                await waiter
+                if self._exit:
+                    return
+                await self._wait_for_work()
                 continue
             n = len(messages)
             self.in_flight += n
@@ -401,9 +431,7 @@ class Consumer:
             for msg in messages:
                 tracker.ack_message(msg)
             scheduler.done_batch(messages)
-            if self._revoking:
-                self._revoked.set()
-            self._finished_one(n)
+            self._handled(n)
             await asyncio.sleep(0)
 
     async def _handle_failure(self, messages: list[Message], exc: Exception) -> None:
@@ -417,12 +445,14 @@ class Consumer:
             for msg in messages:
                 self._tracker.ack_message(msg)
             self._scheduler.done_batch(messages)
+            self._handled(0)
             return
         # The lanes stay held and the offsets unacked: nothing at or after the failed message is committed.
         if self.error is None:
             self.error = HandlerError.for_message(messages[0], exc)
             log.error("%s; stopping", self.error)
         self._begin_stop(False)
+        self._check_quiet()
 
     async def _commit_loop(self) -> None:
         while True:
@@ -479,25 +509,30 @@ class Consumer:
     async def _drain(
         self, fetcher: asyncio.Task, committer: asyncio.Task, workers: list[asyncio.Task]
     ) -> None:
-        """The graceful stop: no new fetches or handler calls, wait for those running, commit, close."""
+        """The graceful stop: no new fetches, let running handlers finish, fill the gaps below what they
+        handled, commit, close. Bounded by ``shutdown_timeout``; a second stop abandons the handlers."""
         fetcher.cancel()
         committer.cancel()
         await asyncio.gather(fetcher, committer, return_exceptions=True)
-        if workers:
-            finished = asyncio.ensure_future(asyncio.gather(*workers, return_exceptions=True))
-            abandon = asyncio.ensure_future(self._abandon_event.wait())
-            await asyncio.wait(
-                [finished, abandon], timeout=self.shutdown_timeout, return_when="FIRST_COMPLETED"
-            )
-            abandon.cancel()
-            if not finished.done():
-                self.abandoned = self.in_flight
-                log.warning(
-                    "abandoning %d running handler(s); their messages stay uncommitted", self.in_flight
-                )
-                for task in workers:
-                    task.cancel()
-                await finished
+        deadline = self._loop.time() + self.shutdown_timeout  # type: ignore[union-attr]
+        settled = await self._settle(deadline)
+        if settled and self.error is None:
+            gaps = self._tracker.frontiers()
+            if gaps:
+                self._fill_to = {(t, p): f for t, p, f in gaps}
+                self._dispatching = True
+                self._quiet.clear()
+                self._wake_idle(len(self._idle))
+                settled = await self._settle(deadline)
+        self._dispatching = False
+        self._exit = True
+        if not settled:
+            self.abandoned = self.in_flight
+            log.warning("abandoning %d running handler(s); their messages stay uncommitted", self.in_flight)
+            for task in workers:
+                task.cancel()
+        self._wake_idle(len(self._idle))
+        await asyncio.gather(*workers, return_exceptions=True)
         try:
             await self._commit_sync(self._tracker.positions())
         except Exception as exc:
@@ -506,6 +541,18 @@ class Consumer:
                 self.error = exc
         finally:
             await self.source.close()
+
+    async def _settle(self, deadline: float) -> bool:
+        """Wait until no handler runs and none can start; False on timeout or abandon."""
+        self._check_quiet()
+        if not self._quiet.is_set() and not self._abandon_event.is_set():
+            quiet = asyncio.ensure_future(self._quiet.wait())
+            abandon = asyncio.ensure_future(self._abandon_event.wait())
+            timeout = max(0.0, deadline - self._loop.time())  # type: ignore[union-attr]
+            await asyncio.wait([quiet, abandon], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            quiet.cancel()
+            abandon.cancel()
+        return self._quiet.is_set() and not self._abandon_event.is_set()
 
     def _summarize(self) -> Summary:
         elapsed = self._elapsed
