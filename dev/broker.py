@@ -58,6 +58,7 @@ __all__ = [
     "KAFKA_POM",
     "LocalBroker",
     "kafka_version",
+    "jars_cached",
     "new_cluster_id",
     "resolve_jars",
 ]
@@ -141,6 +142,13 @@ def _jars_ok(libs: Path, marker: Path, digest: str) -> bool:
         return False
 
 
+def jars_cached(pom: Path | str = KAFKA_POM) -> bool:
+    """Whether ``resolve_jars`` will find the jars in the cache (i.e. not run Maven)."""
+    pom = Path(pom).resolve()
+    home = _cache_root() / f"kafka-{kafka_version(pom)}"
+    return _jars_ok(home / "libs", home / ".complete", _pom_digest(pom))
+
+
 def resolve_jars(pom: Path | str = KAFKA_POM, *, mvn: str | None = None, timeout: float = 900.0) -> Path:
     """The folder holding the broker's jars, resolving them with Maven on the first call.
 
@@ -181,6 +189,7 @@ def resolve_jars(pom: Path | str = KAFKA_POM, *, mvn: str | None = None, timeout
             shutil.rmtree(libs, ignore_errors=True)
             for stale in home.glob("cds-*.jsa"):  # archives of the old jars: their class path is gone
                 stale.unlink(missing_ok=True)
+            staging.chmod(0o755)
             staging.rename(libs)
             marker.write_text(digest + "\n")
         finally:
@@ -812,6 +821,9 @@ def main(argv: list[str] | None = None) -> int:
 
     broker = LocalBroker(port=args.port, controller_port=args.controller_port, data_dir=args.data_dir,
                          overrides=dict(args.override), start_timeout=args.timeout)
+    if not jars_cached():
+        print(f"resolving the Kafka {broker.version} jars with Maven (first run only)...", file=sys.stderr,
+              flush=True)
     print(f"starting Kafka {broker.version} (KRaft, single node)...", file=sys.stderr, flush=True)
     try:
         broker.start()

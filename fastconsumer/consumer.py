@@ -137,6 +137,7 @@ class Consumer:
         self._dispatching = True  # workers may take messages from the scheduler
         self._exit = False  # workers return once idle
         self._fill_to: dict[tuple[str, int], int] | None = None
+        self._failed_at: dict[tuple[str, int], int] = {}  # lowest failed offset per partition
         self._started_at = 0.0
         self._elapsed = 0.0
         self._low_water = max_buffered - batch_size
@@ -448,6 +449,10 @@ class Consumer:
             self._handled(0)
             return
         # The lanes stay held and the offsets unacked: nothing at or after the failed message is committed.
+        failed_at = self._failed_at
+        for msg in messages:
+            key = (msg.topic(), msg.partition())
+            failed_at[key] = min(msg.offset(), failed_at.get(key, msg.offset()))
         if self.error is None:
             self.error = HandlerError.for_message(messages[0], exc)
             log.error("%s; stopping", self.error)
@@ -516,10 +521,12 @@ class Consumer:
         await asyncio.gather(fetcher, committer, return_exceptions=True)
         deadline = self._loop.time() + self.shutdown_timeout  # type: ignore[union-attr]
         settled = await self._settle(deadline)
-        if settled and self.error is None:
-            gaps = self._tracker.frontiers()
-            if gaps:
-                self._fill_to = {(t, p): f for t, p, f in gaps}
+        if settled:
+            # A failed message caps its partition: everything below it is handled, nothing at or above it.
+            fill_to = {(t, p): f for t, p, f in self._tracker.frontiers()}
+            fill_to.update(self._failed_at)
+            if fill_to:
+                self._fill_to = fill_to
                 self._dispatching = True
                 self._quiet.clear()
                 self._wake_idle(len(self._idle))

@@ -1,0 +1,254 @@
+"""The core's three parts, against both implementations, and the two implementations against each other."""
+
+import random
+
+import pytest
+from confluent_kafka import Message
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import IMPLS
+
+
+def msg(offset, partition=0, key=None, topic="t"):
+    return Message(topic=topic, partition=partition, offset=offset, key=key, value=b"")
+
+
+# -- ring buffer
+
+
+def test_ring_buffer_is_fifo_and_refuses_when_full(impl):
+    ring = impl.RingBuffer(3)
+    assert [ring.push(i) for i in range(4)] == [True, True, True, False]
+    assert ring.full() and len(ring) == 3
+    assert ring.pop() == 0
+    assert ring.extend([10, 11, 12], 0) == 1  # only one slot left
+    assert ring.drain() == [1, 2, 10]
+    assert ring.pop() is None and len(ring) == 0
+
+
+def test_ring_buffer_wraps_around(impl):
+    ring = impl.RingBuffer(4)
+    out = []
+    for i in range(100):
+        assert ring.push(i)
+        if len(ring) == 3:
+            out.append(ring.pop())
+            out.append(ring.pop())
+    out.extend(ring.drain())
+    assert out == list(range(100))
+
+
+def test_ring_buffer_rejects_none_and_bad_capacity(impl):
+    with pytest.raises(ValueError, match="capacity"):
+        impl.RingBuffer(0)
+    ring = impl.RingBuffer(2)
+    with pytest.raises(TypeError):
+        ring.push(None)
+    with pytest.raises(TypeError):
+        ring.extend([1, None])
+    assert len(ring) == 0
+
+
+# -- offset tracker
+
+offsets_and_acks = st.lists(st.integers(1, 5), min_size=1, max_size=200).flatmap(
+    # strictly increasing offsets with gaps (as compaction leaves them), and a random order of acks
+    lambda gaps: st.tuples(
+        st.just([sum(gaps[: i + 1]) for i in range(len(gaps))]),
+        st.permutations(list(range(len(gaps)))),
+    )
+)
+
+
+@given(data=offsets_and_acks)
+@settings(max_examples=300, deadline=None)
+def test_committable_never_passes_an_unacked_offset(data):
+    offsets, order = data
+    for impl in IMPLS.values():
+        tracker = impl.OffsetTracker()
+        for offset in offsets:
+            tracker.track("t", 0, offset)
+        committed = offsets[0]
+        acked = set()
+        for i in order:
+            assert tracker.ack("t", 0, offsets[i])
+            acked.add(offsets[i])
+            for _, _, offset in tracker.committable():
+                assert offset > committed  # reported only when it moved, and only forwards
+                committed = offset
+            unacked = [o for o in offsets if o not in acked]
+            assert committed <= (unacked[0] if unacked else offsets[-1] + 1)
+            assert tracker.pending("t", 0) == len(unacked)
+        assert committed == offsets[-1] + 1
+        assert tracker.committable() == []
+        assert len(tracker) == 0
+
+
+def test_ack_of_unknown_offsets_is_refused(impl):
+    tracker = impl.OffsetTracker()
+    assert not tracker.ack("t", 0, 5)  # partition never tracked
+    tracker.track("t", 0, 10)
+    tracker.track("t", 0, 12)
+    assert not tracker.ack("t", 0, 11)  # a gap, not a message
+    assert not tracker.ack("t", 0, 9)
+    assert not tracker.ack("t", 0, 13)
+    assert tracker.ack("t", 0, 12) and tracker.ack("t", 0, 12)  # acking twice is harmless
+    assert tracker.committable() == []  # 10 is still running
+    assert tracker.ack("t", 0, 10)
+    assert tracker.committable() == [("t", 0, 13)]
+
+
+def test_offsets_must_increase(impl):
+    tracker = impl.OffsetTracker()
+    tracker.track("t", 0, 5)
+    with pytest.raises(ValueError, match="must increase"):
+        tracker.track("t", 0, 5)
+
+
+def test_partitions_are_independent_and_reported_only_when_moved(impl):
+    tracker = impl.OffsetTracker()
+    for p in range(3):
+        for o in range(100, 110):
+            tracker.track("t", p, o)
+    tracker.ack("t", 1, 100)
+    assert tracker.committable() == [("t", 1, 101)]
+    assert tracker.committable() == []
+    tracker.ack("t", 2, 105)  # out of order: nothing moves
+    assert tracker.committable() == []
+    assert tracker.frontiers() == [("t", 2, 106)]
+    assert sorted(tracker.positions()) == [("t", 1, 101)]
+    tracker.drop("t", 1)
+    assert not tracker.ack("t", 1, 101)
+    assert tracker.partitions() == [("t", 0), ("t", 2)]
+
+
+def test_memory_follows_the_in_flight_window_not_the_offsets(impl):
+    tracker = impl.OffsetTracker()
+    window = 50
+    for o in range(200_000):
+        tracker.track("t", 0, o)
+        if o >= window:
+            tracker.ack("t", 0, o - window)
+        assert tracker.window_size("t", 0) <= window + 1
+    assert tracker.positions() == [("t", 0, 200_000 - window)]
+
+
+# -- scheduler
+
+
+def simulate(impl, ordering, messages, seed, capacity=10_000, batch=None):
+    """Hand out messages in a random completion order; return the order they were started in and check
+    that the ordering's rule held throughout."""
+    rng = random.Random(seed)
+    scheduler = impl.Scheduler(ordering, capacity)
+    assert scheduler.extend(messages) == len(messages)
+    running, started = [], []
+    while len(started) < len(messages):
+        got = scheduler.pop_batch(batch) if batch else [m for m in [scheduler.pop()] if m is not None]
+        if got:
+            lanes = [lane(ordering, m) for m in got]
+            running_lanes = {lane(ordering, m) for group in running for m in group}
+            if ordering != "unordered":
+                assert not running_lanes & set(lanes), "a lane ran twice at once"
+            started.extend(got)
+            running.append(got)
+        if running and (not got or rng.random() < 0.5):
+            done = running.pop(rng.randrange(len(running)))
+            scheduler.done_batch(done) if batch else scheduler.done(done[0])
+    assert len(scheduler) == 0
+    return started
+
+
+def lane(ordering, m):
+    if ordering == "key":
+        return (m.topic(), m.partition(), m.key())
+    if ordering == "partition":
+        return (m.topic(), m.partition())
+    return id(m)
+
+
+def random_messages(rng, n=300, partitions=3, keys=5):
+    offsets = [0] * partitions
+    out = []
+    for _ in range(n):
+        p = rng.randrange(partitions)
+        k = rng.randrange(keys + 1)
+        out.append(msg(offsets[p], p, None if k == keys else b"k%d" % k))
+        offsets[p] += 1
+    return out
+
+
+@pytest.mark.parametrize("ordering", ["key", "partition", "unordered"])
+@pytest.mark.parametrize("batch", [None, 7])
+def test_scheduler_keeps_each_lane_in_offset_order(impl, ordering, batch):
+    for seed in range(20):
+        messages = random_messages(random.Random(seed))
+        started = simulate(impl, ordering, messages, seed, batch=batch)
+        assert sorted(started, key=id) == sorted(messages, key=id)  # each exactly once
+        if ordering != "unordered":
+            per_lane = {}
+            for m in started:
+                per_lane.setdefault(lane(ordering, m), []).append(m.offset())
+            assert all(offs == sorted(offs) for offs in per_lane.values())
+
+
+def test_key_ordering_runs_different_keys_at_once(impl):
+    scheduler = impl.Scheduler("key", 100)
+    scheduler.extend([msg(0, key=b"a"), msg(1, key=b"a"), msg(2, key=b"b"), msg(3), msg(4)])
+    first = [scheduler.pop() for _ in range(4)]
+    assert [m.offset() if m is not None else None for m in first] == [0, 2, 3, None]  # 1 waits for 0, 4 for 3
+    scheduler.done(first[2])  # null keys order like their partition
+    assert scheduler.pop().offset() == 4
+
+
+def test_scheduler_capacity_and_drop(impl):
+    scheduler = impl.Scheduler("partition", 4)
+    assert scheduler.extend([msg(o, 0) for o in range(3)] + [msg(0, 1), msg(1, 1)]) == 4
+    assert not scheduler.push(msg(9, 2))
+    running = scheduler.pop()
+    assert running.partition() == 0
+    assert scheduler.drop("t", 0) == 2  # the two waiting behind the running one
+    assert scheduler.drop("t", 1) == 1  # the runnable one: its lane is freed
+    assert len(scheduler) == 0
+    scheduler.push(msg(5, 1))
+    assert scheduler.pop().offset() == 5
+    scheduler.done(running)
+    assert scheduler.pop() is None
+
+
+def test_bad_ordering_is_refused(impl):
+    with pytest.raises(ValueError, match="ordering must be one of key, partition, unordered"):
+        impl.Scheduler("fifo", 10)
+
+
+# -- the twins agree
+
+
+@pytest.mark.skipif(len(IMPLS) < 2, reason="FASTCONSUMER_NO_EXTENSIONS=1: only the pure-Python core")
+@given(ops=st.lists(st.tuples(st.sampled_from("tadcfp"), st.integers(0, 2), st.integers(0, 40)), max_size=300))
+@settings(max_examples=300, deadline=None)
+def test_cython_and_python_trackers_agree(ops):
+    trackers = [impl.OffsetTracker() for impl in IMPLS.values()]
+    results = []
+    for tracker in trackers:
+        out = []
+        for op, partition, offset in ops:
+            if op == "t":
+                try:
+                    tracker.track("t", partition, offset)
+                    out.append("ok")
+                except ValueError:
+                    out.append("ValueError")
+            elif op == "a":
+                out.append(tracker.ack("t", partition, offset))
+            elif op == "d":
+                tracker.drop("t", partition)
+            elif op == "c":
+                out.append(sorted(tracker.committable()))
+            elif op == "f":
+                out.append(sorted(tracker.frontiers()))
+            else:
+                out.append((sorted(tracker.positions()), len(tracker), tracker.pending("t", partition)))
+        results.append(out)
+    assert results[0] == results[1]
