@@ -132,7 +132,9 @@ def _cache_root() -> Path:
 
 
 def _pom_digest(pom: Path) -> str:
-    return hashlib.sha256(pom.read_bytes()).hexdigest()
+    """A hash of the pom's content without comments and layout: editing a comment keeps the cache."""
+    canonical = ET.canonicalize(from_file=str(pom), with_comments=False, strip_text=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _jars_ok(libs: Path, marker: Path, digest: str) -> bool:

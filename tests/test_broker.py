@@ -49,13 +49,15 @@ def wait_until(predicate, what: str, timeout: float = TIMEOUT, interval: float =
 
 
 def consumer(bootstrap: str, group: str) -> Consumer:
-    return Consumer({
-        "bootstrap.servers": bootstrap,
-        "group.id": group,
-        "auto.offset.reset": "earliest",
-        "enable.auto.commit": False,
-        "enable.partition.eof": False,
-    })
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        }
+    )
 
 
 def consume(c: Consumer, want: int, commit: bool) -> dict[tuple[int, int], bytes]:
@@ -87,8 +89,10 @@ def group_state(bootstrap: str, group: str, topic: str) -> tuple[dict[int, int],
     try:
         tps = c.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=TIMEOUT)
         assert all(tp.error is None for tp in tps), [tp.error for tp in tps]
-        high = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=TIMEOUT)[1]
-                for p in range(PARTITIONS)}
+        high = {
+            p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=TIMEOUT)[1]
+            for p in range(PARTITIONS)
+        }
         return {tp.partition: tp.offset for tp in tps}, high
     finally:
         c.close()
@@ -98,8 +102,12 @@ def produce(bootstrap: str, topic: str, start: int, count: int) -> None:
     errors: list[KafkaError] = []
     p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5})
     for i in range(start, start + count):
-        p.produce(topic, key=str(i).encode(), value=f"message-{i}".encode(),
-                  on_delivery=lambda err, _msg: errors.append(err) if err else None)
+        p.produce(
+            topic,
+            key=str(i).encode(),
+            value=f"message-{i}".encode(),
+            on_delivery=lambda err, _msg: errors.append(err) if err else None,
+        )
         p.poll(0)
     assert p.flush(TIMEOUT) == 0, "messages left undelivered"
     assert not errors, errors[:5]
@@ -114,7 +122,8 @@ def test_produce_consume_commit_restart_keeps_data_and_offsets():
         bootstrap = broker.bootstrap
         admin = AdminClient({"bootstrap.servers": bootstrap})
         admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)])[topic].result(
-            timeout=TIMEOUT)
+            timeout=TIMEOUT
+        )
 
         produce(bootstrap, topic, 0, MESSAGES)
 
@@ -150,7 +159,8 @@ def test_produce_consume_commit_restart_keeps_data_and_offsets():
         after = consume(c, 20, commit=True)
         c.close()
         assert sorted(after.values()) == sorted(
-            f"message-{i}".encode() for i in range(MESSAGES, MESSAGES + 20))
+            f"message-{i}".encode() for i in range(MESSAGES, MESSAGES + 20)
+        )
         assert all(offset >= offsets_before[p] for p, offset in after)
 
         data_dir = broker.data_dir

@@ -226,7 +226,9 @@ def test_bad_ordering_is_refused(impl):
 
 
 @pytest.mark.skipif(len(IMPLS) < 2, reason="FASTCONSUMER_NO_EXTENSIONS=1: only the pure-Python core")
-@given(ops=st.lists(st.tuples(st.sampled_from("tadcfp"), st.integers(0, 2), st.integers(0, 40)), max_size=300))
+@given(
+    ops=st.lists(st.tuples(st.sampled_from("tadcfp"), st.integers(0, 2), st.integers(0, 40)), max_size=300)
+)
 @settings(max_examples=300, deadline=None)
 def test_cython_and_python_trackers_agree(ops):
     trackers = [impl.OffsetTracker() for impl in IMPLS.values()]
