@@ -1,0 +1,35 @@
+"""Handlers for the CLI tests, loaded with ``--handler tests.cli_handlers:NAME``."""
+
+import asyncio
+import sys
+
+MARK_AT = 500
+handled = 0
+
+
+async def _count() -> None:
+    """Say MARK on stderr once MARK_AT messages are handled: the test then knows the run is mid-stream."""
+    global handled
+    handled += 1
+    if handled == MARK_AT:
+        print("MARK", file=sys.stderr, flush=True)
+
+
+async def marked(msg):
+    await asyncio.sleep(0.001)
+    await _count()
+
+
+async def stuck_after_mark(msg):
+    if handled >= MARK_AT:
+        await asyncio.Event().wait()  # never finishes: only a second signal ends the run
+    await _count()
+
+
+async def poison(msg):
+    if msg.partition() == 0 and msg.offset() == 100:
+        raise ValueError("cannot parse this one")
+
+
+def not_async(msg):
+    return msg

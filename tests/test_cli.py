@@ -1,0 +1,146 @@
+"""``python -m fastconsumer`` in a subprocess, as a user runs it."""
+
+import json
+import os
+import pty
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start(*args, env=None, **kwargs):
+    return subprocess.Popen(
+        [sys.executable, "-m", "fastconsumer", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+        **kwargs,
+    )
+
+
+def wait_for_mark(proc):
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.strip() == "MARK":
+            return
+    raise AssertionError("the run ended before it was mid-stream:\n" + "".join(lines))
+
+
+def check_committed_equals_handled(summary):
+    # The memory log starts every partition at 0, so a commit that covers exactly the handled messages
+    # has offsets adding up to the number handled: nothing handled is left uncommitted, nothing skipped.
+    assert sum(c["offset"] for c in summary["committed"]) == summary["processed"]
+
+
+def test_sigint_mid_run_stops_cleanly_and_commits_every_handled_message():
+    proc = start("--handler", "tests.cli_handlers:marked", "--json", "--concurrency", "64", "--keys", "12")
+    wait_for_mark(proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["source"] == "memory" and summary["failed"] == 0
+    assert summary["processed"] >= 500
+    assert summary["rate"] > 0 and summary["elapsed_s"] > 0
+    check_committed_equals_handled(summary)
+    assert "stopping gracefully" in err
+
+
+def test_second_signal_abandons_stuck_handlers_and_commits_what_completed():
+    proc = start("--handler", "tests.cli_handlers:stuck_after_mark", "--json", "--ordering", "unordered")
+    wait_for_mark(proc)
+    proc.send_signal(signal.SIGTERM)
+    for line in proc.stderr:
+        if "stopping gracefully" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["abandoned"] > 0
+    check_committed_equals_handled(summary)
+
+
+def test_max_messages_stops_by_itself_with_a_readable_summary():
+    proc = start("--max-messages", "2000", "--latency-ms", "0")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out.startswith("stopped after ")
+    assert "handled" in out and "committed: foo[0]@" in out
+    assert "consuming from the memory source (endless" in err
+
+
+def test_handler_failure_exits_1_naming_the_message():
+    proc = start("--handler", "tests.cli_handlers:poison", "--json", "--partitions", "1")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "foo[0]@100" in err and "cannot parse this one" in err
+    summary = json.loads(out)
+    assert summary["committed"] == [{"topic": "foo", "partition": 0, "offset": 100}]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--concurrency", "0"], "--concurrency: must be >= 1"),
+        (["--concurrency", "many"], "'many' is not an integer"),
+        (["--handler", "nosuchmodule:handle"], "cannot import 'nosuchmodule'"),
+        (["--handler", "tests.cli_handlers:missing"], "has no 'missing'"),
+        (["--handler", "tests.cli_handlers"], "expected MODULE:FUNCTION"),
+        (["--handler", "tests.cli_handlers:not_async"], "must be a coroutine function"),
+        (["--ordering", "fifo"], "invalid choice: 'fifo'"),
+        (["--commit-interval", "0"], "--commit-interval: must be > 0"),
+        (["--keys", "-1"], "--keys must be >= 0"),
+    ],
+)
+def test_bad_usage_exits_2_with_one_line(args, message):
+    proc = start(*args)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1, err
+    assert message in err
+
+
+def test_pure_python_core_on_request():
+    proc = start("--max-messages", "100", "--json", env={"FASTCONSUMER_NO_EXTENSIONS": "1"})
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["core"] == "python"
+
+
+def test_the_compiled_core_is_what_runs_by_default():
+    if os.environ.get("FASTCONSUMER_NO_EXTENSIONS") == "1":
+        pytest.skip("the pure-Python core was asked for")
+    proc = start("--max-messages", "100", "--json", env={"FASTCONSUMER_NO_EXTENSIONS": ""})
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["core"] == "cython"
+
+
+def test_a_terminal_gets_a_live_progress_line():
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastconsumer", "--handler", "tests.cli_handlers:marked"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+    )
+    os.close(follower)
+    seen = b""
+    while b"/s  in flight" not in seen:
+        chunk = os.read(leader, 4096)
+        assert chunk, "the run ended without a progress line"
+        seen += chunk
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 0
+    os.close(leader)
+    assert b"\r\x1b[K" in seen  # redrawn in place
