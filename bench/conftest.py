@@ -38,6 +38,4 @@ def pytest_terminal_summary(terminalreporter):
     for name, rates in RATES.items():
         py, cy = rates.get("python"), rates.get("cython")
         ratio = f"{cy / py:.1f}x" if py and cy else "-"
-        tr.write_line(
-            f"{name:<34}{py or 0:>14,.0f}{cy or 0:>14,.0f}{ratio:>15}"
-        )
+        tr.write_line(f"{name:<34}{py or 0:>14,.0f}{cy or 0:>14,.0f}{ratio:>15}")

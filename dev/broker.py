@@ -177,11 +177,24 @@ def resolve_jars(pom: Path | str = KAFKA_POM, *, mvn: str | None = None, timeout
             )
         staging = Path(tempfile.mkdtemp(prefix="libs.", dir=home))
         try:
-            cmd = [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
-                   f"-DoutputDirectory={staging}"]
+            cmd = [
+                mvn,
+                "-q",
+                "-B",
+                "-f",
+                str(pom),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={staging}",
+            ]
             try:
-                proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, timeout=timeout, check=False)
+                proc = subprocess.run(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    timeout=timeout,
+                    check=False,
+                )
             except subprocess.TimeoutExpired as exc:
                 raise BrokerError(f"`{' '.join(cmd)}` did not finish in {timeout:.0f} s") from exc
             if proc.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
@@ -602,16 +615,30 @@ class LocalBroker:
         self.cluster_id = new_cluster_id()
         t0 = time.monotonic()
         java = _java()
-        cmd = [java, *self._cds_flags(libs, java, dump=False), *self._jvm_base_flags(libs), "-Xmx256m",
-               "-XX:TieredStopAtLevel=1",
-               _STORAGE_TOOL, "format", f"--cluster-id={self.cluster_id}", f"--config={self.config_path}"]
+        cmd = [
+            java,
+            *self._cds_flags(libs, java, dump=False),
+            *self._jvm_base_flags(libs),
+            "-Xmx256m",
+            "-XX:TieredStopAtLevel=1",
+            _STORAGE_TOOL,
+            "format",
+            f"--cluster-id={self.cluster_id}",
+            f"--config={self.config_path}",
+        ]
         with open(self.log_path, "ab") as log:
             log.write(f"### {time.strftime('%F %T')} formatting: {' '.join(cmd)}\n".encode())
             log.flush()
             try:
-                rc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    timeout=self.start_timeout, preexec_fn=_die_with_parent(os.getpid()),
-                                    check=False).returncode
+                rc = subprocess.run(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=self.start_timeout,
+                    preexec_fn=_die_with_parent(os.getpid()),
+                    check=False,
+                ).returncode
             except subprocess.TimeoutExpired as exc:
                 raise BrokerError(f"storage format timed out; log tail:\n{self.log_tail()}") from exc
         if rc != 0:
@@ -658,7 +685,8 @@ class LocalBroker:
         return [
             f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}",
             f"-Dkafka.logs.dir={self.dir}",
-            "-cp", str(libs / "*"),
+            "-cp",
+            str(libs / "*"),
         ]
 
     def _cds_flags(self, libs: Path, java: str, *, dump: bool) -> list[str]:
@@ -678,16 +706,28 @@ class LocalBroker:
     def _launch(self, libs: Path) -> None:
         assert self.dir is not None and self.port is not None
         java = _java()
-        cmd = [java, *self.jvm_flags, *self._cds_flags(libs, java, dump=True), *self._jvm_base_flags(libs),
-               _MAIN_CLASS, str(self.config_path)]
+        cmd = [
+            java,
+            *self.jvm_flags,
+            *self._cds_flags(libs, java, dump=True),
+            *self._jvm_base_flags(libs),
+            _MAIN_CLASS,
+            str(self.config_path),
+        ]
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the JVM's lifetime
         log.write(f"### {time.strftime('%F %T')} starting: {' '.join(cmd)}\n".encode())
         log.flush()
         offset = log.tell()
         t0 = time.monotonic()
         try:
-            self._proc = _popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                cwd=self.dir, start_new_session=True)
+            self._proc = _popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.dir,
+                start_new_session=True,
+            )
         except BaseException:
             log.close()
             raise
@@ -799,12 +839,20 @@ def _parse_override(item: str) -> tuple[str, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Run a local single-node Kafka broker (KRaft) until SIGINT/SIGTERM. "
-        "Prints its bootstrap address on stdout; everything else goes to stderr.")
+        "Prints its bootstrap address on stdout; everything else goes to stderr."
+    )
     parser.add_argument("--port", type=int, help="fixed PLAINTEXT port (default: a free one)")
     parser.add_argument("--controller-port", type=int, help="fixed CONTROLLER port (default: a free one)")
     parser.add_argument("--data-dir", help="keep config, log and data here (default: a temp dir, removed)")
-    parser.add_argument("--override", "-o", action="append", type=_parse_override, default=[],
-                        metavar="KEY=VALUE", help="extra server.properties entry (repeatable)")
+    parser.add_argument(
+        "--override",
+        "-o",
+        action="append",
+        type=_parse_override,
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra server.properties entry (repeatable)",
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="start-up timeout in seconds")
     parser.add_argument("--version-only", action="store_true", help="print the Kafka version and exit")
     args = parser.parse_args(argv)
@@ -821,11 +869,19 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    broker = LocalBroker(port=args.port, controller_port=args.controller_port, data_dir=args.data_dir,
-                         overrides=dict(args.override), start_timeout=args.timeout)
+    broker = LocalBroker(
+        port=args.port,
+        controller_port=args.controller_port,
+        data_dir=args.data_dir,
+        overrides=dict(args.override),
+        start_timeout=args.timeout,
+    )
     if not jars_cached():
-        print(f"resolving the Kafka {broker.version} jars with Maven (first run only)...", file=sys.stderr,
-              flush=True)
+        print(
+            f"resolving the Kafka {broker.version} jars with Maven (first run only)...",
+            file=sys.stderr,
+            flush=True,
+        )
     print(f"starting Kafka {broker.version} (KRaft, single node)...", file=sys.stderr, flush=True)
     try:
         broker.start()
@@ -833,9 +889,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
     t = {k: f"{v:.2f} s" for k, v in broker.timings.items()}
-    print(f"Kafka {broker.version} ready at {broker.bootstrap} in {t.get('total')} (jars {t.get('resolve')},"
-          f" format {t.get('format')}, jvm {t.get('jvm')}); log {broker.log_path}",
-          file=sys.stderr, flush=True)
+    print(
+        f"Kafka {broker.version} ready at {broker.bootstrap} in {t.get('total')} (jars {t.get('resolve')},"
+        f" format {t.get('format')}, jvm {t.get('jvm')}); log {broker.log_path}",
+        file=sys.stderr,
+        flush=True,
+    )
     print(broker.bootstrap, flush=True)
     rc = 0
     try:
