@@ -7,6 +7,7 @@ import asyncio
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
 from typing import Any, TextIO
@@ -15,9 +16,11 @@ from fastconsumer.consumer import Consumer, Summary
 from fastconsumer.core import core_impl
 from fastconsumer.demo import make_handler
 from fastconsumer.errors import ConfigError, HandlerError
+from fastconsumer.kafka import KafkaSource
 from fastconsumer.loops import LOOPS, loop_name, new_event_loop
 from fastconsumer.memory import MemoryLog, MemorySource
 from fastconsumer.progress import Progress, format_summary
+from fastconsumer.source import Source
 
 log = logging.getLogger("fastconsumer")
 
@@ -61,6 +64,36 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"fastconsumer: error: {message} (see --help)\n")
 
 
+def kafka_property(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value
+
+
+def apply_environment(parser: argparse.ArgumentParser, environ: dict[str, str]) -> None:
+    """``FASTCONSUMER_<FLAG>`` sets a flag's default (``FASTCONSUMER_CONCURRENCY=8``); the flag wins."""
+    for action in parser._actions:
+        if not action.option_strings or not action.option_strings[-1].startswith("--"):
+            continue
+        name = "FASTCONSUMER_" + action.dest.upper()
+        raw = environ.get(name)
+        if raw is None or action.dest in ("help", "config"):
+            continue
+        try:
+            if isinstance(action, argparse._StoreTrueAction):
+                value: Any = raw.strip().lower() in ("1", "true", "yes", "on")
+            elif isinstance(action, argparse._AppendAction):
+                value = [part.strip() for part in raw.split(",") if part.strip()]
+            else:
+                value = action.type(raw) if action.type else raw
+                if action.choices is not None and value not in action.choices:
+                    raise argparse.ArgumentTypeError(f"must be one of {', '.join(action.choices)}")
+        except (argparse.ArgumentTypeError, ValueError) as exc:
+            parser.error(f"environment variable {name}={raw!r}: {exc}")
+        parser.set_defaults(**{action.dest: value})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="python -m fastconsumer",
@@ -96,6 +129,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--loop", choices=LOOPS, default="auto", help="event loop (auto: uvloop if installed)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON summary on stdout at exit")
+    kafka = parser.add_argument_group("Kafka (without --bootstrap-servers: the memory source)")
+    kafka.add_argument("--bootstrap-servers", metavar="HOST:PORT[,...]", help="Kafka brokers to consume from")
+    kafka.add_argument("--topic", action="append", default=[], help="topic to consume (repeatable)")
+    kafka.add_argument("--group", default="fastconsumer", help="consumer group (fastconsumer)")
+    kafka.add_argument(
+        "-X",
+        dest="config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        type=kafka_property,
+        help="librdkafka consumer property, passed through (repeatable)",
+    )
+    kafka.add_argument(
+        "--from-beginning", action="store_true", help="a new group starts at the earliest offsets"
+    )
+    kafka.add_argument(
+        "--exit-at-end",
+        action="store_true",
+        help="stop gracefully once every assigned partition is read to its end and handled",
+    )
     memory = parser.add_argument_group("memory source (the default)")
     memory.add_argument("--partitions", type=positive_int, default=3, help="partitions of the memory log (3)")
     memory.add_argument("--keys", type=int, default=1024, help="distinct keys, 0 for null keys (1024)")
@@ -120,11 +174,27 @@ def load_handler(path: str) -> Any:
     return target
 
 
-def build_consumer(args: argparse.Namespace) -> Consumer:
+def build_source(args: argparse.Namespace) -> Source:
+    if args.bootstrap_servers:
+        if not args.topic:
+            raise ConfigError("--bootstrap-servers needs at least one --topic")
+        return KafkaSource(
+            args.bootstrap_servers,
+            args.topic,
+            args.group,
+            config=dict(args.config),
+            from_beginning=args.from_beginning,
+        )
+    if args.topic or args.config:
+        raise ConfigError("--topic and -X need --bootstrap-servers (without it the memory source runs)")
     if args.keys < 0:
         raise ConfigError(f"--keys must be >= 0, got {args.keys}")
+    return MemorySource(MemoryLog(partitions=args.partitions, count=args.count, keys=args.keys))
+
+
+def build_consumer(args: argparse.Namespace) -> Consumer:
     handler = load_handler(args.handler) if args.handler else make_handler(args.latency_ms)
-    source = MemorySource(MemoryLog(partitions=args.partitions, count=args.count, keys=args.keys))
+    source = build_source(args)
     return Consumer(
         source,
         handler,
@@ -134,6 +204,7 @@ def build_consumer(args: argparse.Namespace) -> Consumer:
         commit_interval=args.commit_interval,
         shutdown_timeout=args.shutdown_timeout,
         max_messages=args.max_messages,
+        exit_at_end=args.exit_at_end,
     )
 
 
@@ -154,10 +225,15 @@ async def run(consumer: Consumer, args: argparse.Namespace, err: TextIO) -> Summ
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
+    if args.bootstrap_servers:
+        where = f"Kafka at {args.bootstrap_servers}, topics {', '.join(args.topic)}, group {args.group}"
+    elif args.count is None:
+        where = "the memory source (endless; --bootstrap-servers and --topic read Kafka)"
+    else:
+        where = f"the memory source ({args.count} messages; --bootstrap-servers and --topic read Kafka)"
     log.info(
-        "consuming from the %s source%s: concurrency %d, ordering %s, %s core, %s; Ctrl-C stops",
-        consumer.source.name,
-        " (endless; pass --count for a finite log)" if args.count is None else f" ({args.count} messages)",
+        "consuming from %s: concurrency %d, ordering %s, %s core, %s; Ctrl-C stops",
+        where,
         consumer.concurrency,
         consumer.ordering,
         core_impl(),
@@ -174,6 +250,7 @@ async def run(consumer: Consumer, args: argparse.Namespace, err: TextIO) -> Summ
 
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     parser = build_parser()
+    apply_environment(parser, dict(os.environ))
     args = parser.parse_args(argv)  # exits 2 with one line on bad usage
     logging.basicConfig(stream=err, level=logging.INFO, format="fastconsumer: %(message)s")
     try:
@@ -187,6 +264,9 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = 
     except HandlerError as exc:
         log.error("stopped by a handler failure: %s", exc)
         code = EXIT_FAILED
+    except ConfigError as exc:
+        log.error("error: %s", exc)
+        code = EXIT_USAGE
     except Exception as exc:  # a runtime failure: name it, exit 1
         log.error("stopped by an error: %s: %s", type(exc).__name__, exc)
         code = EXIT_FAILED

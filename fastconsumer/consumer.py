@@ -81,6 +81,7 @@ class Consumer:
         commit_interval: float = 1.0,
         shutdown_timeout: float = 30.0,
         max_messages: int | None = None,
+        exit_at_end: bool = False,
         on_error: policy.ErrorPolicy = policy.stop,
     ) -> None:
         if not _is_coroutine_function(handler):
@@ -115,6 +116,7 @@ class Consumer:
         self.commit_interval = commit_interval
         self.shutdown_timeout = shutdown_timeout
         self.max_messages = max_messages
+        self.exit_at_end = exit_at_end
         self.on_error = on_error
 
         self.consumed = 0
@@ -142,6 +144,7 @@ class Consumer:
         self._elapsed = 0.0
         self._low_water = max_buffered - batch_size
         self._space_wanted = False
+        self._at_end = False  # every partition read to its end (with exit_at_end)
         self._idle: deque[asyncio.Future] = deque()
         self._revoking: set[tuple[str, int]] = set()
         self._opened: asyncio.Future | None = None
@@ -340,7 +343,11 @@ class Consumer:
                 continue
             messages = await source.fetch(batch_size)
             if not messages:
+                if self.exit_at_end and source.at_end():
+                    self._at_end = True
+                    self._end_if_all_handled()
                 continue
+            self._at_end = False
             tracker.track_messages(messages)
             scheduler.extend(messages)
             self.consumed += len(messages)
@@ -373,6 +380,13 @@ class Consumer:
         if self._stopping:
             self._check_quiet()
         elif self.max_messages is not None and self.processed >= self.max_messages:
+            self._begin_stop(False)
+        elif self._at_end:
+            self._end_if_all_handled()
+
+    def _end_if_all_handled(self) -> None:
+        if self.in_flight == 0 and len(self._scheduler) == 0 and not self._stopping:
+            log.info("every assigned partition read to its end and handled; stopping")
             self._begin_stop(False)
 
     async def _worker(self) -> None:
@@ -486,24 +500,36 @@ class Consumer:
         for t, p, o in pending:
             self.committed[(t, p)] = o
 
-    async def on_revoke(self, partitions: list[TopicPartition]) -> None:
-        """Stop dispatching the revoked partitions, let their running handlers finish, commit, forget them."""
+    async def on_revoke(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """Stop dispatching the revoked partitions, let their running handlers finish (for at most
+        ``shutdown_timeout``), forget them, and return their safe offsets for the source to commit."""
         keys = [(tp.topic, tp.partition) for tp in partitions]
         queued = {key: self._scheduler.drop(*key) for key in keys}
         self._revoking.update(keys)
         try:
-            while any(self._tracker.pending(*key) > queued[key] for key in keys):
-                self._revoked.clear()
-                await self._revoked.wait()
+            waited = asyncio.ensure_future(self._until_handled(queued))
+            done, _ = await asyncio.wait([waited], timeout=self.shutdown_timeout)
+            if not done:
+                waited.cancel()
+                log.warning(
+                    "revoke: handlers still running after %ss; their messages go back", self.shutdown_timeout
+                )
         finally:
             self._revoking.difference_update(keys)
-        positions = [pos for pos in self._tracker.positions() if (pos[0], pos[1]) in queued]
-        try:
-            await self._commit_sync(positions)
-        finally:
-            for key in keys:
-                self._tracker.drop(*key)
-                self.committed.pop(key, None)
+        offsets = [
+            TopicPartition(t, p, o)
+            for t, p, o in self._tracker.positions()
+            if (t, p) in queued and self.committed.get((t, p)) != o
+        ]
+        for key in keys:
+            self._tracker.drop(*key)
+            self.committed.pop(key, None)
+        return offsets
+
+    async def _until_handled(self, queued: dict[tuple[str, int], int]) -> None:
+        while any(self._tracker.pending(*key) > n for key, n in queued.items()):
+            self._revoked.clear()
+            await self._revoked.wait()
 
     def on_lost(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:

@@ -13,8 +13,9 @@ class SourceListener(Protocol):
     def on_commit(self, offsets: list[TopicPartition], error: KafkaException | None) -> None:
         """An asynchronous commit finished (``error`` is None when it succeeded)."""
 
-    async def on_revoke(self, partitions: list[TopicPartition]) -> None:
-        """Partitions are leaving: finish their in-flight messages and commit them before returning."""
+    async def on_revoke(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """Partitions are leaving: let their running handlers finish, forget them, and return the offsets
+        the source must commit for them before it lets them go."""
 
     def on_lost(self, partitions: list[TopicPartition]) -> None:
         """Partitions are already gone: forget them without committing."""

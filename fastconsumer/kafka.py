@@ -1,0 +1,345 @@
+"""The Kafka source: one thread owns the confluent_kafka.Consumer and is its only caller.
+
+librdkafka's consumer is not meant to be shared between threads, and its rebalance callbacks run inside
+``consume()``; so fetches, commits, pause/resume and rebalances all happen on this thread, and the event loop
+talks to it through a command queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer as KafkaConsumer
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+
+from fastconsumer.errors import ConfigError
+from fastconsumer.source import SourceListener
+
+log = logging.getLogger("fastconsumer.kafka")
+librdkafka_log = logging.getLogger("fastconsumer.librdkafka")
+
+
+class _WhileConnecting(logging.Filter):
+    """Holds back librdkafka's connection-failure lines until the broker was reached: an unreachable
+    broker is then reported once, in one line, instead of a line per retry."""
+
+    connecting = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.connecting
+
+
+_while_connecting = _WhileConnecting()
+librdkafka_log.addFilter(_while_connecting)
+
+DEFAULTS = {
+    "enable.auto.commit": False,  # offsets are committed only from the tracker
+    "enable.auto.offset.store": False,
+    "partition.assignment.strategy": "cooperative-sticky",
+    "enable.partition.eof": True,  # tells --exit-at-end where the ends are
+    # librdkafka's default backoff stalls a fast consumer whose fetch queue ran dry for 1 s at a time.
+    "fetch.queue.backoff.ms": 10,
+}
+
+
+class SourceError(RuntimeError):
+    """Kafka could not be used (unreachable, misconfigured); the message says what to check."""
+
+
+def _resolve(loop: asyncio.AbstractEventLoop, fut: asyncio.Future, value: Any, error: bool = False) -> None:
+    def apply() -> None:
+        if not fut.done():
+            fut.set_exception(value) if error else fut.set_result(value)
+
+    loop.call_soon_threadsafe(apply)
+
+
+class KafkaSource:
+    """Consumes ``topics`` as a member of ``group``."""
+
+    name = "kafka"
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topics: list[str],
+        group: str,
+        *,
+        config: dict[str, Any] | None = None,
+        from_beginning: bool = False,
+        connect_timeout: float = 10.0,
+        revoke_timeout: float = 30.0,
+        poll_timeout: float = 0.1,
+    ) -> None:
+        if not topics:
+            raise ConfigError("at least one --topic is needed")
+        self.bootstrap_servers = bootstrap_servers
+        self.topics = list(topics)
+        self.group = group
+        self.connect_timeout = connect_timeout
+        self.revoke_timeout = revoke_timeout
+        self.poll_timeout = poll_timeout
+        self.config: dict[str, Any] = {
+            **DEFAULTS,
+            "auto.offset.reset": "earliest" if from_beginning else "latest",
+            **(config or {}),
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": group,
+        }
+        self.rebalances = 0
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listener: SourceListener | None = None
+        self._consumer: KafkaConsumer | None = None
+        self._assignment: set[tuple[str, int]] = set()
+        self._eof: set[tuple[str, int]] = set()
+        self._held: list[Message] = []  # fetched while nobody asked: handed out first next time
+        self._paused = False
+        self._reassigned = False
+        self._failure: BaseException | None = None  # why the consumer thread died
+
+    # -- the event loop's side
+
+    async def open(self, listener: SourceListener) -> None:
+        self._listener = listener
+        self._loop = asyncio.get_running_loop()
+        opened = self._loop.create_future()
+        self._thread = threading.Thread(
+            target=self._main, args=(opened,), name="fastconsumer-kafka", daemon=True
+        )
+        self._thread.start()
+        await opened
+
+    async def fetch(self, max_messages: int) -> list[Message]:
+        return await self._ask("fetch", max_messages)
+
+    async def _ask(self, command: str, arg: Any) -> Any:
+        if self._failure is not None:
+            raise SourceError(f"the Kafka consumer thread failed: {self._failure}") from self._failure
+        fut = self._loop.create_future()  # type: ignore[union-attr]
+        self._commands.put((command, arg, fut))
+        return await fut
+
+    def commit(self, offsets: list[TopicPartition]) -> None:
+        self._commands.put(("commit", offsets, None))
+
+    async def commit_sync(self, offsets: list[TopicPartition]) -> None:
+        await self._ask("commit_sync", offsets)
+
+    def at_end(self) -> bool:
+        assignment = self._assignment
+        return bool(assignment) and assignment <= self._eof
+
+    async def close(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            return
+        await self._ask("close", None)
+        await asyncio.to_thread(self._thread.join)
+
+    # -- the consumer thread
+
+    def _main(self, opened: asyncio.Future) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            consumer = self._consumer = KafkaConsumer(
+                {**self.config, "on_commit": self._on_commit, "error_cb": self._on_error},
+                logger=librdkafka_log,
+            )
+        except (KafkaException, ValueError, TypeError) as exc:
+            _resolve(loop, opened, ConfigError(f"invalid Kafka configuration: {_reason(exc)}"), error=True)
+            return
+        _while_connecting.connecting += 1
+        try:
+            consumer.list_topics(timeout=self.connect_timeout)
+        except KafkaException:
+            consumer.close()
+            error = SourceError(
+                f"cannot reach Kafka at {self.bootstrap_servers} within {self.connect_timeout:g} s: "
+                "check --bootstrap-servers and that the broker is up"
+            )
+            _resolve(loop, opened, error, error=True)
+            return
+        finally:
+            _while_connecting.connecting -= 1
+        consumer.subscribe(
+            self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        _resolve(loop, opened, None)
+        try:
+            self._serve(consumer)
+        except BaseException as exc:  # surfaces through the next fetch and stops the run
+            log.exception("the Kafka consumer thread failed")
+            self._failure = exc
+            self._fail_pending(exc)
+
+    def _serve(self, consumer: KafkaConsumer) -> None:
+        loop = self._loop
+        assert loop is not None
+        commands = self._commands
+        while True:
+            try:
+                command, arg, fut = commands.get(timeout=self.poll_timeout)
+            except queue.Empty:
+                # Nobody wants messages (the engine is at its cap): pause, but keep polling so the member
+                # stays in the group and rebalances are served.
+                self._set_paused(consumer, True)
+                self._held.extend(self._consume(consumer, 1000))
+                continue
+            if command == "fetch":
+                self._set_paused(consumer, False)
+                messages = self._held
+                self._held = []
+                if len(messages) < arg:
+                    try:
+                        messages.extend(self._consume(consumer, arg - len(messages)))
+                    except KafkaException as exc:
+                        _resolve(loop, fut, exc, error=True)
+                        continue
+                _resolve(loop, fut, messages)
+            elif command == "commit":
+                try:
+                    consumer.commit(offsets=arg, asynchronous=True)
+                except KafkaException as exc:
+                    loop.call_soon_threadsafe(self._listener.on_commit, arg, exc)  # type: ignore[union-attr]
+            elif command == "commit_sync":
+                try:
+                    consumer.commit(offsets=arg, asynchronous=False)
+                    _resolve(loop, fut, None)
+                except KafkaException as exc:
+                    _resolve(loop, fut, exc, error=True)
+            elif command == "close":
+                try:
+                    consumer.close()  # leaves the group: the revoke callback commits what is safe
+                finally:
+                    _resolve(loop, fut, None)
+                return
+
+    def _consume(self, consumer: KafkaConsumer, n: int) -> list[Message]:
+        batch = consumer.consume(num_messages=n, timeout=self.poll_timeout)
+        if self._reassigned:
+            self._reassigned = False
+            if self._paused:
+                consumer.pause(consumer.assignment())
+        out = batch
+        eof = self._eof
+        for msg in batch:
+            err = msg.error()
+            if err is not None or eof:
+                out = self._sift(batch)
+                break
+        return out
+
+    def _sift(self, batch: list[Message]) -> list[Message]:
+        """The slow path: drop end-of-partition events (noting them) and report errors."""
+        out = []
+        eof = self._eof
+        for msg in batch:
+            err = msg.error()
+            if err is None:
+                if eof:
+                    eof.discard((msg.topic(), msg.partition()))
+                out.append(msg)
+            elif err.code() == KafkaError._PARTITION_EOF:
+                eof.add((msg.topic(), msg.partition()))
+            elif err.fatal():
+                raise KafkaException(err)
+            else:
+                log.warning("consumer error: %s", err)
+        return out
+
+    def _set_paused(self, consumer: KafkaConsumer, paused: bool) -> None:
+        if paused == self._paused:
+            return
+        self._paused = paused
+        assignment = consumer.assignment()
+        if assignment:
+            consumer.pause(assignment) if paused else consumer.resume(assignment)
+
+    def _call_engine(self, coro_fn: Callable[..., Any], *args: Any) -> Any:
+        """Run an engine coroutine on the event loop and wait for it from this thread."""
+        future = asyncio.run_coroutine_threadsafe(coro_fn(*args), self._loop)  # type: ignore[arg-type]
+        return future.result()
+
+    def _on_assign(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
+        self.rebalances += 1
+        keys = {(tp.topic, tp.partition) for tp in partitions}
+        if consumer.rebalance_protocol() == "EAGER":
+            self._assignment = keys
+        else:
+            self._assignment |= keys
+        self._eof -= keys
+        self._reassigned = True
+        log.info("assigned %s", _names(partitions))
+
+    def _on_revoke(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
+        self.rebalances += 1
+        keys = {(tp.topic, tp.partition) for tp in partitions}
+        self._held = [m for m in self._held if (m.topic(), m.partition()) not in keys]
+        self._assignment -= keys
+        self._eof -= keys
+        if self._listener is None:
+            return
+        offsets = self._call_engine(self._listener.on_revoke, partitions)
+        if offsets:
+            try:
+                consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                log.warning("commit on revoke failed; those messages will be delivered again: %s", exc)
+        log.info("revoked %s", _names(partitions))
+
+    def _on_lost(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
+        self.rebalances += 1
+        keys = {(tp.topic, tp.partition) for tp in partitions}
+        self._held = [m for m in self._held if (m.topic(), m.partition()) not in keys]
+        self._assignment -= keys
+        self._eof -= keys
+        if self._listener is not None:
+            self._call_engine(_as_coroutine(self._listener.on_lost), partitions)
+        log.warning("lost %s: dropped without committing", _names(partitions))
+
+    def _on_commit(self, error: KafkaError | None, offsets: list[TopicPartition]) -> None:
+        if self._listener is None or self._loop is None:
+            return
+        exc = KafkaException(error) if error is not None else None
+        self._loop.call_soon_threadsafe(self._listener.on_commit, offsets, exc)
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            log.error("fatal Kafka error: %s", error)
+        else:
+            log.debug("Kafka error (librdkafka retries it): %s", error)
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        loop = self._loop
+        assert loop is not None
+        while True:
+            try:
+                command, _, fut = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if fut is not None:
+                _resolve(loop, fut, exc if isinstance(exc, Exception) else RuntimeError(exc), error=True)
+
+
+def _as_coroutine(fn: Callable[..., Any]) -> Callable[..., Any]:
+    async def call(*args: Any) -> Any:
+        return fn(*args)
+
+    return call
+
+
+def _names(partitions: list[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing"
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0].str()
+    return str(exc)
