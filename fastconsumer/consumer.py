@@ -523,7 +523,8 @@ class Consumer:
         ]
         for key in keys:
             self._tracker.drop(*key)
-            self.committed.pop(key, None)
+        for tp in offsets:  # the source commits them before it lets the partitions go
+            self.committed[(tp.topic, tp.partition)] = tp.offset
         return offsets
 
     async def _until_handled(self, queued: dict[tuple[str, int], int]) -> None:

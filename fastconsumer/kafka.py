@@ -192,34 +192,40 @@ class KafkaSource:
                 self._set_paused(consumer, True)
                 self._held.extend(self._consume(consumer, 1000))
                 continue
-            if command == "fetch":
-                self._set_paused(consumer, False)
-                messages = self._held
-                self._held = []
-                if len(messages) < arg:
-                    try:
-                        messages.extend(self._consume(consumer, arg - len(messages)))
-                    except KafkaException as exc:
-                        _resolve(loop, fut, exc, error=True)
-                        continue
-                _resolve(loop, fut, messages)
-            elif command == "commit":
-                try:
-                    consumer.commit(offsets=arg, asynchronous=True)
-                except KafkaException as exc:
-                    loop.call_soon_threadsafe(self._listener.on_commit, arg, exc)  # type: ignore[union-attr]
-            elif command == "commit_sync":
-                try:
-                    consumer.commit(offsets=arg, asynchronous=False)
-                    _resolve(loop, fut, None)
-                except KafkaException as exc:
-                    _resolve(loop, fut, exc, error=True)
-            elif command == "close":
-                try:
-                    consumer.close()  # leaves the group: the revoke callback commits what is safe
-                finally:
-                    _resolve(loop, fut, None)
+            try:
+                self._apply(consumer, command, arg, fut)
+            except KafkaException as exc:
+                _resolve(loop, fut, exc, error=True)  # the engine decides: a failed fetch stops the run
+            except BaseException as exc:
+                if fut is not None:
+                    _resolve(loop, fut, RuntimeError(f"Kafka consumer thread failed: {exc!r}"), error=True)
+                raise
+            if command == "close":
                 return
+
+    def _apply(self, consumer: KafkaConsumer, command: str, arg: Any, fut: asyncio.Future | None) -> None:
+        """One command from the event loop; an exception raised here fails its future."""
+        loop = self._loop
+        assert loop is not None
+        if command == "fetch":
+            self._set_paused(consumer, False)
+            messages, self._held = self._held, []
+            if len(messages) < arg:
+                messages.extend(self._consume(consumer, arg - len(messages)))
+            _resolve(loop, fut, messages)
+        elif command == "commit":
+            try:
+                consumer.commit(offsets=arg, asynchronous=True)
+            except KafkaException as exc:
+                loop.call_soon_threadsafe(self._listener.on_commit, arg, exc)  # type: ignore[union-attr]
+        elif command == "commit_sync":
+            consumer.commit(offsets=arg, asynchronous=False)
+            _resolve(loop, fut, None)
+        elif command == "close":
+            try:
+                consumer.close()  # leaves the group: the revoke callback commits what is safe
+            finally:
+                _resolve(loop, fut, None)
 
     def _consume(self, consumer: KafkaConsumer, n: int) -> list[Message]:
         batch = consumer.consume(num_messages=n, timeout=self.poll_timeout)
@@ -270,8 +276,8 @@ class KafkaSource:
     def _on_assign(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
         self.rebalances += 1
         keys = {(tp.topic, tp.partition) for tp in partitions}
-        if consumer.rebalance_protocol() == "EAGER":
-            self._assignment = keys
+        if "cooperative" not in str(self.config["partition.assignment.strategy"]):
+            self._assignment = keys  # eager: each assignment is the whole of it
         else:
             self._assignment |= keys
         self._eof -= keys

@@ -19,3 +19,44 @@ def impl(request, monkeypatch):
     """The core module under test; consumers created in the test use it."""
     monkeypatch.setattr(core, "impl", IMPLS[request.param])
     return IMPLS[request.param]
+
+
+# --------------------------------------------------------------------------------------------------
+# Kafka: one broker for the session, a fresh topic per test (helpers in tests/kafka_helpers.py)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap():
+    """The bootstrap address of a running Kafka broker.
+
+    ``$FASTCONSUMER_TEST_BOOTSTRAP`` names an external one (e.g. ``docker compose up -d``: localhost:9092);
+    otherwise one ``dev/broker.py`` LocalBroker runs for the whole session. A broker that cannot start or
+    be reached FAILS the tests that need it, never skips them: in CI a Kafka test that skips is a failure.
+    """
+    from tests.kafka_helpers import local_broker_module, wait_for_cluster
+
+    external = os.environ.get("FASTCONSUMER_TEST_BOOTSTRAP")
+    if external:
+        wait_for_cluster(external)
+        yield external
+        return
+    broker = local_broker_module().LocalBroker()
+    broker.start()  # raises BrokerError (no java, no jars, start-up failed): every Kafka test errors
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def kafka_topic(kafka_bootstrap):
+    """A new topic ``t-<uuid>`` with 4 partitions, each with a leader; deleted (best effort) afterwards."""
+    import uuid
+
+    from tests.kafka_helpers import create_topic, delete_topic
+
+    topic = f"t-{uuid.uuid4().hex}"
+    create_topic(kafka_bootstrap, topic, partitions=4)
+    yield topic
+    delete_topic(kafka_bootstrap, topic)

@@ -1,0 +1,155 @@
+"""Helpers for tests against a real Kafka broker (the ``kafka_bootstrap`` and ``kafka_topic`` fixtures).
+
+Offsets are read through consumers that are not subscribed: in a subscribed consumer these requests queue
+behind its long-polling fetches and take seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+import uuid
+from pathlib import Path
+from types import ModuleType
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+TIMEOUT = 30.0  # seconds for any one broker request or wait
+BROKER_PY = Path(__file__).resolve().parents[1] / "dev" / "broker.py"
+
+
+def local_broker_module() -> ModuleType:
+    """``dev/broker.py`` as a module (``dev/`` is no package), shared with tests/test_broker.py."""
+    name = "fastconsumer_dev_broker"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, BROKER_PY)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def _quiet(conf: dict) -> dict:
+    # librdkafka logs to stderr by default; the tests want its warnings only
+    return {"log_level": 4, **conf}
+
+
+def _consumer(bootstrap: str, group: str | None = None) -> Consumer:
+    return Consumer(
+        _quiet(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": group or f"fastconsumer-tests-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "enable.partition.eof": False,
+            }
+        )
+    )
+
+
+def _partitions(c: Consumer | AdminClient, topic: str, timeout: float = TIMEOUT) -> list[int]:
+    md = c.list_topics(topic, timeout=timeout).topics.get(topic)
+    if md is None or md.error is not None:
+        raise AssertionError(f"topic {topic!r} not found: {md.error if md is not None else 'no metadata'}")
+    return sorted(md.partitions)
+
+
+def wait_for_cluster(bootstrap: str, timeout: float = 60.0) -> None:
+    """Wait until the cluster at ``bootstrap`` answers a metadata request; ``RuntimeError`` if it does not."""
+    admin = AdminClient(_quiet({"bootstrap.servers": bootstrap}))
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            admin.list_topics(timeout=max(0.1, min(left, 5.0)))
+            return
+        except KafkaException as exc:
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"no Kafka answers at {bootstrap} after {timeout:g} s: {exc}") from None
+
+
+def create_topic(bootstrap: str, topic: str, partitions: int, timeout: float = TIMEOUT) -> None:
+    """Create ``topic`` and wait until its metadata shows ``partitions`` partitions, each with a leader."""
+    admin = AdminClient(_quiet({"bootstrap.servers": bootstrap}))
+    admin.create_topics([NewTopic(topic, partitions)], request_timeout=timeout)[topic].result(timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        md = admin.list_topics(topic, timeout=timeout).topics.get(topic)
+        if (
+            md is not None
+            and md.error is None
+            and len(md.partitions) == partitions
+            and all(p.leader >= 0 and p.error is None for p in md.partitions.values())
+        ):
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(
+                f"topic {topic!r} has no {partitions} partitions with leaders after {timeout:g} s"
+            )
+        time.sleep(0.05)  # polling interval; the loop re-checks the metadata
+
+
+def delete_topic(bootstrap: str, topic: str, timeout: float = 10.0) -> None:
+    """Delete ``topic``, best effort: errors are ignored (the broker may be gone at the end of a session)."""
+    admin = AdminClient(_quiet({"bootstrap.servers": bootstrap}))
+    try:
+        admin.delete_topics([topic], request_timeout=timeout)[topic].result(timeout=timeout)
+    except Exception:  # noqa: BLE001 - cleanup only
+        pass
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """The high watermark (the offset the next message will get) of each of ``topic``'s partitions."""
+    c = _consumer(bootstrap)
+    try:
+        return {
+            p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=TIMEOUT, cached=False)[1]
+            for p in _partitions(c, topic)
+        }
+    finally:
+        c.close()
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """``group``'s committed offset of each of ``topic``'s partitions; partitions it never committed are left
+    out. Read without joining the group, so a running member of it is not disturbed."""
+    c = _consumer(bootstrap, group)
+    try:
+        tps = c.committed([TopicPartition(topic, p) for p in _partitions(c, topic)], timeout=TIMEOUT)
+        errors = [tp.error for tp in tps if tp.error is not None]
+        assert not errors, errors
+        return {tp.partition: tp.offset for tp in tps if tp.offset >= 0}
+    finally:
+        c.close()
+
+
+def read_topic(bootstrap: str, topic: str, timeout: float = 60.0) -> list[Message]:
+    """Every message of ``topic`` up to its end offsets at the time of the call, read from the beginning of
+    each partition with a consumer that is assigned, not subscribed."""
+    ends = end_offsets(bootstrap, topic)
+    c = _consumer(bootstrap)
+    try:
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        pending = {p for p, end in ends.items() if end > 0}
+        out: list[Message] = []
+        deadline = time.monotonic() + timeout
+        while pending:
+            if time.monotonic() >= deadline:
+                raise AssertionError(
+                    f"read {len(out)} messages of {topic!r} in {timeout:g} s; partitions {sorted(pending)} "
+                    f"did not reach their end offsets {ends}"
+                )
+            for m in c.consume(num_messages=10_000, timeout=0.5):
+                if m.error() is not None:
+                    raise AssertionError(f"consumer error: {m.error()}")
+                p, offset = m.partition(), m.offset()
+                if offset < ends[p]:
+                    out.append(m)
+                if offset + 1 >= ends[p]:
+                    pending.discard(p)
+        return out
+    finally:
+        c.close()
