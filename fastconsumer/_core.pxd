@@ -21,7 +21,6 @@ cdef class _Window:
     cdef Py_ssize_t count
     cdef Py_ssize_t mask
     cdef Py_ssize_t n_acked
-    cdef int64_t first
     cdef int64_t last
     cdef int64_t reported
     cdef bint moved

@@ -110,7 +110,6 @@ cdef class _Window:
         self.head = 0
         self.count = 0
         self.n_acked = 0
-        self.first = offset
         self.last = offset - 1
         self.reported = offset
         self.moved = False
@@ -264,15 +263,13 @@ cdef class OffsetTracker:
         return out
 
     def positions(self):
-        """The safe offset of every partition that advanced at all: what a final commit writes."""
+        """The safe offset of every tracked partition, moved or not: what a final commit writes, so a
+        partition fetched but not handled resumes there, whatever auto.offset.reset says."""
         cdef list out = []
         cdef _Window window
-        cdef int64_t safe
         for key, value in self._windows.items():
             window = <_Window> value
-            safe = window.safe()
-            if safe != window.first:
-                out.append((key[0], key[1], safe))
+            out.append((key[0], key[1], window.safe()))
         return out
 
     def frontiers(self):

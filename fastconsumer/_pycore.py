@@ -64,13 +64,12 @@ class RingBuffer:
 class _Window:
     """One partition's in-flight offsets in order, each with its acked flag; acked ones leave at the head."""
 
-    __slots__ = ("done", "first", "last", "moved", "n_acked", "order", "reported")
+    __slots__ = ("done", "last", "moved", "n_acked", "order", "reported")
 
     def __init__(self, offset: int) -> None:
         self.order: deque = deque()
         self.done: dict = {}
         self.n_acked = 0
-        self.first = offset
         self.last = offset - 1
         self.reported = offset
         self.moved = False
@@ -149,13 +148,9 @@ class OffsetTracker:
         return out
 
     def positions(self) -> list[tuple[str, int, int]]:
-        """The safe offset of every partition that advanced at all: what a final commit writes."""
-        out = []
-        for (topic, partition), window in self._windows.items():
-            safe = window.safe()
-            if safe != window.first:
-                out.append((topic, partition, safe))
-        return out
+        """The safe offset of every tracked partition, moved or not: what a final commit writes, so a
+        partition fetched but not handled resumes there, whatever auto.offset.reset says."""
+        return [(topic, partition, window.safe()) for (topic, partition), window in self._windows.items()]
 
     def frontiers(self) -> list[tuple[str, int, int]]:
         """``(topic, partition, highest acked offset + 1)`` for each partition with a gap below its highest

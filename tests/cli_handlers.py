@@ -33,3 +33,20 @@ async def poison(msg):
 
 def not_async(msg):
     return msg
+
+
+_record = None
+
+
+async def record(msg):
+    """Append ``partition offset key`` to $FASTCONSUMER_TEST_RECORD per handled message (kept across a
+    SIGKILL: each line is flushed before the handler returns)."""
+    global _record
+    if _record is None:
+        import os
+
+        _record = open(os.environ["FASTCONSUMER_TEST_RECORD"], "a", buffering=1)  # noqa: SIM115
+    key = msg.key().decode() if msg.key() is not None else "-"
+    await asyncio.sleep(0.0005)
+    _record.write(f"{msg.partition()} {msg.offset()} {key}\n")
+    await _count()

@@ -117,7 +117,7 @@ def test_partitions_are_independent_and_reported_only_when_moved(impl):
     tracker.ack("t", 2, 105)  # out of order: nothing moves
     assert tracker.committable() == []
     assert tracker.frontiers() == [("t", 2, 106)]
-    assert sorted(tracker.positions()) == [("t", 1, 101)]
+    assert sorted(tracker.positions()) == [("t", 0, 100), ("t", 1, 101), ("t", 2, 100)]
     tracker.drop("t", 1)
     assert not tracker.ack("t", 1, 101)
     assert tracker.partitions() == [("t", 0), ("t", 2)]
