@@ -1,7 +1,5 @@
 """``pytest bench --benchmark-only``: the engine on the memory source, and the core's operations."""
 
-import asyncio
-
 from confluent_kafka import Message
 
 from bench.conftest import QUICK, record
@@ -79,13 +77,3 @@ def test_scheduler_push_pop_done(benchmark, impl):
 
     benchmark.pedantic(once, rounds=3, iterations=1)
     record(benchmark, "scheduler key push+pop+done (msgs)", core_impl(), CORE_OPS)
-
-
-def test_event_loop_is_not_left_running():
-    # The benchmarks use start()/join() on a background loop; the caller's thread has none.
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    else:  # pragma: no cover
-        raise AssertionError("a loop is running in the test thread")
