@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import random
 import threading
 import time
 from collections import deque
@@ -15,7 +16,7 @@ from typing import Any
 from confluent_kafka import KafkaException, Message, TopicPartition
 
 from fastconsumer import core, policy
-from fastconsumer.errors import ConfigError, HandlerError
+from fastconsumer.errors import ConfigError, HandlerError, HandlerTimeout
 from fastconsumer.loops import new_event_loop
 from fastconsumer.source import Source
 
@@ -52,7 +53,11 @@ class Summary:
     consumed: int
     processed: int
     failed: int
+    retried: int
+    skipped: int
+    dead_lettered: int
     abandoned: int
+    commit_failures: int
     committed: list[dict] = field(default_factory=list)
     elapsed_s: float = 0.0
     rate: float = 0.0
@@ -82,7 +87,11 @@ class Consumer:
         shutdown_timeout: float = 30.0,
         max_messages: int | None = None,
         exit_at_end: bool = False,
-        on_error: policy.ErrorPolicy = policy.stop,
+        retries: int = 0,
+        retry_backoff_ms: float = 100.0,
+        retry_backoff_max_ms: float = 10_000.0,
+        handler_timeout: float | None = None,
+        on_error: str | policy.ErrorPolicy = "stop",
     ) -> None:
         if not _is_coroutine_function(handler):
             raise ConfigError(f"handler {_name(handler)} must be a coroutine function (async def)")
@@ -99,6 +108,17 @@ class Consumer:
             raise ConfigError(f"shutdown_timeout must be >= 0 seconds, got {shutdown_timeout!r}")
         if max_messages is not None and max_messages < 1:
             raise ConfigError(f"max_messages must be >= 1, got {max_messages!r}")
+        if not isinstance(retries, int) or retries < 0:
+            raise ConfigError(f"retries must be an integer >= 0, got {retries!r}")
+        if not 0 < retry_backoff_ms <= retry_backoff_max_ms:
+            raise ConfigError(
+                f"retry backoff must satisfy 0 < retry_backoff_ms ({retry_backoff_ms}) "
+                f"<= retry_backoff_max_ms ({retry_backoff_max_ms})"
+            )
+        if handler_timeout is not None and handler_timeout <= 0:
+            raise ConfigError(f"handler_timeout must be > 0 seconds, got {handler_timeout!r}")
+        if isinstance(on_error, str):
+            on_error = policy.named(on_error)
         impl = core.impl
         try:
             self._scheduler = impl.Scheduler(ordering, max_buffered)
@@ -117,11 +137,19 @@ class Consumer:
         self.shutdown_timeout = shutdown_timeout
         self.max_messages = max_messages
         self.exit_at_end = exit_at_end
+        self.retries = retries
+        self.retry_backoff = retry_backoff_ms / 1000.0
+        self.retry_backoff_max = retry_backoff_max_ms / 1000.0
+        self.handler_timeout = handler_timeout
         self.on_error = on_error
+        self._call = handler if handler_timeout is None else _with_timeout(handler, handler_timeout)
 
         self.consumed = 0
         self.processed = 0
         self.failed = 0
+        self.retried = 0
+        self.skipped = 0
+        self.dead_lettered = 0
         self.abandoned = 0
         self.in_flight = 0
         self.committed: dict[tuple[str, int], int] = {}
@@ -140,6 +168,7 @@ class Consumer:
         self._exit = False  # workers return once idle
         self._fill_to: dict[tuple[str, int], int] | None = None
         self._failed_at: dict[tuple[str, int], int] = {}  # lowest failed offset per partition
+        self._recommit: dict[tuple[str, int], int] = {}  # offsets whose asynchronous commit failed
         self._started_at = 0.0
         self._elapsed = 0.0
         self._low_water = max_buffered - batch_size
@@ -392,7 +421,7 @@ class Consumer:
     async def _worker(self) -> None:
         scheduler = self._scheduler
         tracker = self._tracker
-        handler = self.handler
+        handler = self._call
         streak = 0
         while True:
             msg = scheduler.pop() if self._dispatching else None
@@ -407,14 +436,17 @@ class Consumer:
             self.in_flight += 1
             try:
                 await handler(msg)
+                handled = 1
             except Exception as exc:
-                self.in_flight -= 1
-                await self._handle_failure([msg], exc)
-                continue
+                handled = await self._recover([msg], exc, msg)
+                if handled < 0:
+                    self.in_flight -= 1
+                    self._check_quiet()
+                    continue
             self.in_flight -= 1
             tracker.ack_message(msg)
             scheduler.done(msg)
-            self._handled(1)
+            self._handled(handled)
             streak += 1
             if streak == YIELD_EVERY:
                 streak = 0
@@ -423,7 +455,7 @@ class Consumer:
     async def _batch_worker(self) -> None:
         scheduler = self._scheduler
         tracker = self._tracker
-        handler = self.handler
+        handler = self._call
         size = self.batch_size
         while True:
             messages = scheduler.pop_batch(size) if self._dispatching else []
@@ -438,30 +470,66 @@ class Consumer:
             self.in_flight += n
             try:
                 await handler(messages)
+                handled = n
             except Exception as exc:
-                self.in_flight -= n
-                await self._handle_failure(messages, exc)
-                continue
+                handled = await self._recover(messages, exc, messages)
+                if handled < 0:
+                    self.in_flight -= n
+                    self._check_quiet()
+                    continue
             self.in_flight -= n
             for msg in messages:
                 tracker.ack_message(msg)
             scheduler.done_batch(messages)
-            self._handled(n)
+            self._handled(handled)
             await asyncio.sleep(0)
 
-    async def _handle_failure(self, messages: list[Message], exc: Exception) -> None:
+    async def _recover(self, messages: list[Message], exc: Exception, arg: Any) -> int:
+        """Retry a failed call with exponential backoff and jitter, then ask the error policy.
+
+        Returns how many messages to count as handled (0 when the policy let them pass), or -1 when they
+        stay unacked: the policy stopped the consumer, or a stop came while they waited for a retry. The
+        slot stays taken meanwhile, and the lane held: later messages of the key wait, other keys go on.
+        """
+        attempts = 1
+        while attempts <= self.retries:
+            delay = min(self.retry_backoff_max, self.retry_backoff * 2 ** (attempts - 1))
+            delay *= random.uniform(0.5, 1.0)
+            first = messages[0]
+            log.warning(
+                "%s[%d]@%d failed (attempt %d of %d), retrying in %.0f ms: %s: %s",
+                first.topic(),
+                first.partition(),
+                first.offset(),
+                attempts,
+                self.retries + 1,
+                delay * 1000,
+                type(exc).__name__,
+                exc,
+            )
+            self.retried += len(messages)
+            if await self._stopped_within(delay):
+                return -1  # not handled, not failed: delivered again next time
+            try:
+                await self._call(arg)
+                return len(messages)
+            except Exception as again:
+                exc = again
+                attempts += 1
         self.failed += len(messages)
         try:
-            done = await self.on_error(messages, exc)
+            done = await self.on_error(messages, exc, attempts)
         except Exception as policy_exc:  # a policy that fails cannot vouch for the message
-            log.exception("error policy %s failed", _name(self.on_error))
+            log.error(
+                "error policy %s failed: %s", getattr(self.on_error, "name", _name(self.on_error)), policy_exc
+            )
             exc, done = policy_exc, False
         if done:
-            for msg in messages:
-                self._tracker.ack_message(msg)
-            self._scheduler.done_batch(messages)
-            self._handled(0)
-            return
+            if getattr(self.on_error, "name", None) == "dlq":
+                self.dead_lettered += len(messages)
+            else:
+                self.skipped += len(messages)
+            return 0
         # The lanes stay held and the offsets unacked: nothing at or after the failed message is committed.
         failed_at = self._failed_at
         for msg in messages:
@@ -471,7 +539,16 @@ class Consumer:
             self.error = HandlerError.for_message(messages[0], exc)
             log.error("%s; stopping", self.error)
         self._begin_stop(False)
-        self._check_quiet()
+        return -1
+
+    async def _stopped_within(self, delay: float) -> bool:
+        if self._stopping:
+            return True
+        try:
+            await asyncio.wait_for(self._stop_event.wait(), delay)
+        except asyncio.TimeoutError:
+            return False
+        return True
 
     async def _commit_loop(self) -> None:
         while True:
@@ -479,24 +556,44 @@ class Consumer:
             self._commit_async()
 
     def _commit_async(self) -> None:
-        offsets = self._tracker.committable()
+        offsets = {(t, p): o for t, p, o in self._tracker.committable()}
+        if self._recommit:  # failed commits are sent again, never skipped
+            owned = set(self._tracker.partitions())
+            for key, offset in self._recommit.items():
+                if key in owned:
+                    offsets.setdefault(key, offset)
+            self._recommit.clear()
         if offsets:
-            self.source.commit([TopicPartition(t, p, o) for t, p, o in offsets])
+            self.source.commit([TopicPartition(t, p, o) for (t, p), o in offsets.items()])
 
     def on_commit(self, offsets: list[TopicPartition], error: KafkaException | None) -> None:
         if error is not None:
-            # The offsets stay in the tracker's positions, so the next commit (or the final one) covers them.
             self.commit_failures += 1
-            log.warning("asynchronous commit failed, the next commit covers it: %s", error)
+            log.warning("asynchronous commit failed; sending it again with the next one: %s", error)
+            for tp in offsets:
+                key = (tp.topic, tp.partition)
+                if tp.offset > self.committed.get(key, -1):
+                    self._recommit[key] = max(tp.offset, self._recommit.get(key, -1))
             return
         for tp in offsets:
             self.committed[(tp.topic, tp.partition)] = tp.offset
 
-    async def _commit_sync(self, positions: list[tuple[str, int, int]]) -> None:
+    async def _commit_sync(self, positions: list[tuple[str, int, int]], attempts: int = 5) -> None:
+        """Commit and wait; a broker that is restarting gets a few tries with backoff before this fails."""
         pending = [(t, p, o) for t, p, o in positions if self.committed.get((t, p)) != o]
         if not pending:
             return
-        await self.source.commit_sync([TopicPartition(t, p, o) for t, p, o in pending])
+        offsets = [TopicPartition(t, p, o) for t, p, o in pending]
+        for attempt in range(1, attempts + 1):
+            try:
+                await self.source.commit_sync(offsets)
+                break
+            except Exception as exc:
+                self.commit_failures += 1
+                if attempt == attempts:
+                    raise
+                log.warning("final commit failed (attempt %d of %d), retrying: %s", attempt, attempts, exc)
+                await asyncio.sleep(0.5 * 2 ** (attempt - 1))
         for t, p, o in pending:
             self.committed[(t, p)] = o
 
@@ -574,6 +671,9 @@ class Consumer:
             if self.error is None:
                 self.error = exc
         finally:
+            close = getattr(self.on_error, "close", None)
+            if close is not None:
+                await close()
             await self.source.close()
 
     async def _settle(self, deadline: float) -> bool:
@@ -596,7 +696,11 @@ class Consumer:
             consumed=self.consumed,
             processed=self.processed,
             failed=self.failed,
+            retried=self.retried,
+            skipped=self.skipped,
+            dead_lettered=self.dead_lettered,
             abandoned=self.abandoned,
+            commit_failures=self.commit_failures,
             committed=[
                 {"topic": t, "partition": p, "offset": o} for (t, p), o in sorted(self.committed.items())
             ],
@@ -604,6 +708,16 @@ class Consumer:
             rate=round(self.processed / elapsed, 1) if elapsed > 0 else 0.0,
             error=str(self.error) if self.error is not None else None,
         )
+
+
+def _with_timeout(handler: Any, timeout: float) -> Any:
+    async def timed(arg: Any) -> Any:
+        try:
+            return await asyncio.wait_for(handler(arg), timeout)
+        except asyncio.TimeoutError:
+            raise HandlerTimeout(f"handler did not finish within {timeout:g} s") from None
+
+    return timed
 
 
 def _name(obj: Any) -> str:

@@ -24,3 +24,7 @@ class HandlerError(RuntimeError):
         exc = cls(msg.topic(), msg.partition(), msg.offset(), error)
         exc.__cause__ = error
         return exc
+
+
+class HandlerTimeout(TimeoutError):
+    """A handler ran longer than ``handler_timeout`` and was cancelled; it counts as a failure."""

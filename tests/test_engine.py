@@ -170,7 +170,8 @@ def test_a_failed_handler_stops_and_commits_exactly_below_the_failed_message(imp
 def test_the_error_policy_can_let_a_failed_message_pass(impl):
     failed = []
 
-    async def skip(messages, error):
+    async def skip(messages, error, attempts):
+        assert attempts == 1 and isinstance(error, RuntimeError)
         failed.extend(messages)
         return True
 
