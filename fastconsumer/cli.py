@@ -13,12 +13,12 @@ import sys
 from typing import Any, TextIO
 
 from fastconsumer.consumer import Consumer, Summary
-from fastconsumer.core import core_impl
 from fastconsumer.demo import make_handler
 from fastconsumer.errors import ConfigError, HandlerError
 from fastconsumer.kafka import KafkaSource
-from fastconsumer.loops import LOOPS, loop_name, new_event_loop
+from fastconsumer.loops import LOOPS, new_event_loop
 from fastconsumer.memory import MemoryLog, MemorySource
+from fastconsumer.policy import DeadLetter
 from fastconsumer.progress import Progress, format_summary
 from fastconsumer.source import Source
 
@@ -34,6 +34,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
@@ -125,6 +135,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a stop waits for running handlers before abandoning them (30)",
     )
     parser.add_argument("--max-messages", type=positive_int, help="stop gracefully after N handled")
+    failures = parser.add_argument_group("failures")
+    failures.add_argument(
+        "--retries", type=non_negative_int, default=0, help="retries of a failed handler call (0)"
+    )
+    failures.add_argument(
+        "--retry-backoff-ms", type=positive_float, default=100.0, help="first retry's backoff (100)"
+    )
+    failures.add_argument(
+        "--retry-backoff-max-ms", type=positive_float, default=10_000.0, help="longest backoff (10000)"
+    )
+    failures.add_argument(
+        "--on-error",
+        choices=("stop", "dlq", "skip"),
+        default="stop",
+        help="after the last retry: stop (commit below it, exit 1), dlq (write it to --dlq-topic), skip",
+    )
+    failures.add_argument("--dlq-topic", help="dead-letter topic for --on-error dlq")
+    failures.add_argument(
+        "--handler-timeout", type=positive_float, help="seconds after which a handler call is cancelled"
+    )
     parser.add_argument(
         "--loop", choices=LOOPS, default="auto", help="event loop (auto: uvloop if installed)"
     )
@@ -178,6 +208,8 @@ def build_source(args: argparse.Namespace) -> Source:
     if args.bootstrap_servers:
         if not args.topic:
             raise ConfigError("--bootstrap-servers needs at least one --topic")
+        if args.count is not None or args.partitions != 3 or args.keys != 1024:
+            raise ConfigError("--count, --partitions and --keys shape the memory source, not Kafka")
         return KafkaSource(
             args.bootstrap_servers,
             args.topic,
@@ -185,15 +217,36 @@ def build_source(args: argparse.Namespace) -> Source:
             config=dict(args.config),
             from_beginning=args.from_beginning,
         )
-    if args.topic or args.config:
-        raise ConfigError("--topic and -X need --bootstrap-servers (without it the memory source runs)")
+    if args.topic or args.config or args.from_beginning:
+        raise ConfigError(
+            "--topic, -X and --from-beginning need --bootstrap-servers (without it the memory source runs)"
+        )
     if args.keys < 0:
         raise ConfigError(f"--keys must be >= 0, got {args.keys}")
     return MemorySource(MemoryLog(partitions=args.partitions, count=args.count, keys=args.keys))
 
 
+def build_policy(args: argparse.Namespace) -> str | DeadLetter:
+    if args.on_error != "dlq":
+        if args.dlq_topic:
+            raise ConfigError("--dlq-topic needs --on-error dlq")
+        return args.on_error
+    if not args.dlq_topic:
+        raise ConfigError("--on-error dlq needs --dlq-topic")
+    if not args.bootstrap_servers:
+        raise ConfigError(
+            "--on-error dlq needs --bootstrap-servers (the memory source has no topics to write)"
+        )
+    return DeadLetter(args.dlq_topic, {"bootstrap.servers": args.bootstrap_servers})
+
+
 def build_consumer(args: argparse.Namespace) -> Consumer:
     handler = load_handler(args.handler) if args.handler else make_handler(args.latency_ms)
+    on_error = build_policy(args)
+    if args.retry_backoff_ms > args.retry_backoff_max_ms:
+        raise ConfigError("--retry-backoff-ms must not exceed --retry-backoff-max-ms")
+    if args.exit_at_end and not args.bootstrap_servers and args.count is None:
+        raise ConfigError("--exit-at-end on the endless memory source never ends: add --count N")
     source = build_source(args)
     return Consumer(
         source,
@@ -205,6 +258,11 @@ def build_consumer(args: argparse.Namespace) -> Consumer:
         shutdown_timeout=args.shutdown_timeout,
         max_messages=args.max_messages,
         exit_at_end=args.exit_at_end,
+        retries=args.retries,
+        retry_backoff_ms=args.retry_backoff_ms,
+        retry_backoff_max_ms=args.retry_backoff_max_ms,
+        handler_timeout=args.handler_timeout,
+        on_error=on_error,
     )
 
 
@@ -225,20 +283,6 @@ async def run(consumer: Consumer, args: argparse.Namespace, err: TextIO) -> Summ
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
-    if args.bootstrap_servers:
-        where = f"Kafka at {args.bootstrap_servers}, topics {', '.join(args.topic)}, group {args.group}"
-    elif args.count is None:
-        where = "the memory source (endless; --bootstrap-servers and --topic read Kafka)"
-    else:
-        where = f"the memory source ({args.count} messages; --bootstrap-servers and --topic read Kafka)"
-    log.info(
-        "consuming from %s: concurrency %d, ordering %s, %s core, %s; Ctrl-C stops",
-        where,
-        consumer.concurrency,
-        consumer.ordering,
-        core_impl(),
-        loop_name(loop),
-    )
     progress = Progress(consumer, err)
     ticker = loop.create_task(progress.run())
     try:
@@ -273,7 +317,7 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = 
     finally:
         loop.close()
     summary = consumer.summary
-    if summary is not None:
+    if summary is not None and code != EXIT_USAGE:
         if args.json:
             out.write(json.dumps(summary.to_dict()) + "\n")
         else:

@@ -17,7 +17,7 @@ from confluent_kafka import KafkaException, Message, TopicPartition
 
 from fastconsumer import core, policy
 from fastconsumer.errors import ConfigError, HandlerError, HandlerTimeout
-from fastconsumer.loops import new_event_loop
+from fastconsumer.loops import loop_name, new_event_loop
 from fastconsumer.source import Source
 
 log = logging.getLogger("fastconsumer")
@@ -214,12 +214,13 @@ class Consumer:
             self._running.set()
             if self._opened is not None:
                 self._opened.set_result(None)
-            log.debug(
-                "consuming from %s: concurrency %d, ordering %s, %s core",
-                self.source.name,
+            log.info(
+                "consuming from %s: concurrency %d, ordering %s, %s core, %s; Ctrl-C stops",
+                self.source.describe(),
                 self.concurrency,
                 self.ordering,
                 self.core,
+                loop_name(loop),
             )
             fetcher = loop.create_task(self._fetch_loop(), name="fastconsumer-fetch")
             committer = loop.create_task(self._commit_loop(), name="fastconsumer-commit")

@@ -91,6 +91,7 @@ class KafkaSource:
             "bootstrap.servers": bootstrap_servers,
             "group.id": group,
         }
+        _validate(self.config)
         self.rebalances = 0
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -103,6 +104,9 @@ class KafkaSource:
         self._paused = False
         self._reassigned = False
         self._failure: BaseException | None = None  # why the consumer thread died
+
+    def describe(self) -> str:
+        return f"Kafka at {self.bootstrap_servers}, topics {', '.join(self.topics)}, group {self.group}"
 
     # -- the event loop's side
 
@@ -157,7 +161,7 @@ class KafkaSource:
             return
         _while_connecting.connecting += 1
         try:
-            consumer.list_topics(timeout=self.connect_timeout)
+            metadata = consumer.list_topics(timeout=self.connect_timeout)
         except KafkaException:
             consumer.close()
             error = SourceError(
@@ -168,6 +172,12 @@ class KafkaSource:
             return
         finally:
             _while_connecting.connecting -= 1
+        missing = [t for t in self.topics if not t.startswith("^") and t not in metadata.topics]
+        if missing:
+            consumer.close()
+            where = self.bootstrap_servers
+            _resolve(loop, opened, ConfigError(f"topic {missing[0]!r} does not exist on {where}"), error=True)
+            return
         consumer.subscribe(
             self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
@@ -332,6 +342,15 @@ class KafkaSource:
                 return
             if fut is not None:
                 _resolve(loop, fut, exc if isinstance(exc, Exception) else RuntimeError(exc), error=True)
+
+
+def _validate(config: dict[str, Any]) -> None:
+    """librdkafka checks every property when a client is made: make one now, before anything runs, so a
+    typo is one clear line and exit 2 rather than a failure later."""
+    try:
+        KafkaConsumer({**config, "group.id": config.get("group.id") or "validate"}).close()
+    except (KafkaException, ValueError, TypeError) as exc:
+        raise ConfigError(f"invalid Kafka consumer property: {_reason(exc)}") from None
 
 
 def _as_coroutine(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -96,6 +96,12 @@ class MemorySource:
         self._listener: SourceListener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    def describe(self) -> str:
+        size = "endless" if self.log.count is None else f"{self.log.count} messages"
+        return (
+            f"the memory source ({size}, {self.log.partitions} partitions; --bootstrap-servers reads Kafka)"
+        )
+
     async def open(self, listener: SourceListener) -> None:
         self._listener = listener
         self._loop = asyncio.get_running_loop()

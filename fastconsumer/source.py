@@ -24,6 +24,9 @@ class SourceListener(Protocol):
 class Source(Protocol):
     name: str
 
+    def describe(self) -> str:
+        """Where messages come from, for people: "Kafka at host:9092, topics a, b, group g"."""
+
     async def open(self, listener: SourceListener) -> None:
         """Connect and subscribe; raise if that cannot happen."""
 

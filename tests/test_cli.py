@@ -75,7 +75,7 @@ def test_max_messages_stops_by_itself_with_a_readable_summary():
     assert proc.returncode == 0, err
     assert out.startswith("stopped after ")
     assert "handled" in out and "committed: foo[0]@" in out
-    assert "consuming from the memory source (endless" in err
+    assert "consuming from the memory source (endless" in err, err
 
 
 def test_handler_failure_exits_1_naming_the_message():
