@@ -1,6 +1,7 @@
 """Handlers for the CLI tests, loaded with ``--handler tests.cli_handlers:NAME``."""
 
 import asyncio
+import json
 import sys
 
 MARK_AT = 500
@@ -50,3 +51,10 @@ async def record(msg):
     await asyncio.sleep(0.0005)
     _record.write(f"{msg.partition()} {msg.offset()} {key}\n")
     await _count()
+
+
+async def reject_threes(msg):
+    """Fails every message whose JSON index ends in 3: the poison pills of the dead-letter tests."""
+    index = int(json.loads(msg.value())["foo"][3:])
+    if index % 10 == 3:
+        raise ValueError(f"rejecting {index}")

@@ -1,0 +1,160 @@
+"""Failure policies, broker faults and bad input, against a real Apache Kafka broker."""
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from confluent_kafka import Producer
+
+from fastconsumer import Consumer
+from fastconsumer.kafka import KafkaSource
+from fastconsumer.produce import produce
+from tests.kafka_helpers import (
+    committed_offsets,
+    create_topic,
+    end_offsets,
+    local_broker_module,
+    read_topic,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args, timeout=120):
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastconsumer", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def kafka_args(bootstrap, topic, group):
+    return ["--bootstrap-servers", bootstrap, "--topic", topic, "--group", group, "--from-beginning"]
+
+
+def test_stop_leaves_the_poison_partition_committed_at_exactly_its_offset(kafka_bootstrap, kafka_topic):
+    produce(kafka_bootstrap, kafka_topic, 2000, keys=40)
+    ends = end_offsets(kafka_bootstrap, kafka_topic)
+    assert ends[0] > 100  # the poison (partition 0, offset 100) exists
+    code, out, err = run_cli(
+        *kafka_args(kafka_bootstrap, kafka_topic, "stop"),
+        "--handler",
+        "tests.cli_handlers:poison",
+        "--retries",
+        "2",
+        "--retry-backoff-ms",
+        "5",
+        "--json",
+    )
+    assert code == 1, err
+    assert f"{kafka_topic}[0]@100" in err and "cannot parse this one" in err
+    summary = json.loads(out)
+    assert summary["failed"] == 1 and summary["retried"] == 2
+    assert committed_offsets(kafka_bootstrap, "stop", kafka_topic)[0] == 100
+
+
+def test_dlq_holds_exactly_the_poison_messages_with_their_story(kafka_bootstrap, kafka_topic):
+    produce(kafka_bootstrap, kafka_topic, 1000, keys=25)
+    dlq = kafka_topic + "-dlq"
+    create_topic(kafka_bootstrap, dlq, 1)
+    code, out, err = run_cli(
+        *kafka_args(kafka_bootstrap, kafka_topic, "dlq"),
+        "--handler",
+        "tests.cli_handlers:reject_threes",
+        "--on-error",
+        "dlq",
+        "--dlq-topic",
+        dlq,
+        "--retries",
+        "1",
+        "--retry-backoff-ms",
+        "1",
+        "--exit-at-end",
+        "--json",
+    )
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["dead_lettered"] == 100 and summary["processed"] == 900
+    letters = read_topic(kafka_bootstrap, dlq)
+    indexes = sorted(int(json.loads(m.value())["foo"][3:]) for m in letters)
+    assert indexes == list(range(3, 1000, 10))
+    for m in letters:
+        headers = dict(m.headers())
+        assert headers["fastconsumer.topic"] == kafka_topic.encode()
+        assert int(headers["fastconsumer.partition"]) in range(4)
+        assert int(headers["fastconsumer.offset"]) >= 0
+        assert headers["fastconsumer.error"].startswith(b"ValueError: rejecting")
+        assert headers["fastconsumer.attempts"] == b"2"
+        assert m.key() is not None
+    assert committed_offsets(kafka_bootstrap, "dlq", kafka_topic) == end_offsets(kafka_bootstrap, kafka_topic)
+
+
+def test_skip_counts_add_up_and_a_bad_payload_is_a_failure_not_a_crash(kafka_bootstrap, kafka_topic):
+    produce(kafka_bootstrap, kafka_topic, 500, keys=10)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for partition in range(4):
+        producer.produce(kafka_topic, value=b"this is not json", partition=partition)
+    producer.flush(10)
+    code, out, err = run_cli(
+        *kafka_args(kafka_bootstrap, kafka_topic, "skip"),
+        "--latency-ms",
+        "0",
+        "--on-error",
+        "skip",
+        "--exit-at-end",
+        "--json",
+    )
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["skipped"] == 4 and summary["processed"] == 500 and summary["failed"] == 4
+    assert "JSONDecodeError" in err
+    assert committed_offsets(kafka_bootstrap, "skip", kafka_topic) == end_offsets(
+        kafka_bootstrap, kafka_topic
+    )
+
+
+def test_bad_input_against_a_broker_is_exit_2_before_consuming(kafka_bootstrap, kafka_topic):
+    for args, message in [
+        (["-X", "fetch.bogus=1"], 'No such configuration property: "fetch.bogus"'),
+        (["-X", "session.timeout.ms=abc"], "session.timeout.ms"),
+        (["--on-error", "dlq"], "--on-error dlq needs --dlq-topic"),
+    ]:
+        code, out, err = run_cli(*kafka_args(kafka_bootstrap, kafka_topic, "bad"), *args)
+        assert code == 2, (args, err)
+        assert message in err and out == ""
+    code, out, err = run_cli(*kafka_args(kafka_bootstrap, "no-such-topic", "bad"))
+    assert code == 2 and "topic 'no-such-topic' does not exist" in err and out == ""
+    assert committed_offsets(kafka_bootstrap, "bad", kafka_topic) == {}
+
+
+def test_the_consumer_rides_out_a_broker_restart(tmp_path):
+    broker_module = local_broker_module()
+    with broker_module.LocalBroker() as broker:
+        bootstrap = broker.bootstrap
+        create_topic(bootstrap, "restart", 4)
+        produce(bootstrap, "restart", 20_000, keys=100)
+        handled = set()
+        some_handled = threading.Event()
+
+        async def handler(msg):
+            handled.add((msg.partition(), msg.offset()))
+            if len(handled) == 3000:
+                some_handled.set()
+            await asyncio.sleep(0.001)
+
+        source = KafkaSource(bootstrap, ["restart"], "restart", from_beginning=True)
+        consumer = Consumer(source, handler, concurrency=16, commit_interval=0.2, exit_at_end=True)
+        consumer.start()
+        assert some_handled.wait(60)
+        broker.restart()
+        summary = consumer.join(timeout=180)
+        assert summary is not None and summary.error is None
+        ends = end_offsets(bootstrap, "restart")
+        assert handled == {(p, o) for p, end in ends.items() for o in range(end)}
+        assert committed_offsets(bootstrap, "restart", "restart") == ends
