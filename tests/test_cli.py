@@ -99,6 +99,17 @@ def test_handler_failure_exits_1_naming_the_message():
         (["--ordering", "fifo"], "invalid choice: 'fifo'"),
         (["--commit-interval", "0"], "--commit-interval: must be > 0"),
         (["--keys", "-1"], "--keys must be >= 0"),
+        (["--retries", "-1"], "--retries: must be >= 0"),
+        (["--handler-timeout", "0"], "--handler-timeout: must be > 0"),
+        (["--on-error", "dlq"], "--on-error dlq needs --dlq-topic"),
+        (["--on-error", "dlq", "--dlq-topic", "x"], "--on-error dlq needs --bootstrap-servers"),
+        (["--dlq-topic", "x"], "--dlq-topic needs --on-error dlq"),
+        (["--retry-backoff-ms", "200", "--retry-backoff-max-ms", "100"], "must not exceed"),
+        (["--exit-at-end"], "never ends: add --count N"),
+        (["--topic", "t"], "need --bootstrap-servers"),
+        (["--from-beginning"], "need --bootstrap-servers"),
+        (["--bootstrap-servers", "127.0.0.1:1"], "needs at least one --topic"),
+        (["--bootstrap-servers", "127.0.0.1:1", "--topic", "t", "--count", "5"], "shape the memory source"),
     ],
 )
 def test_bad_usage_exits_2_with_one_line(args, message):
@@ -108,6 +119,22 @@ def test_bad_usage_exits_2_with_one_line(args, message):
     assert out == ""
     assert len(err.strip().splitlines()) == 1, err
     assert message in err
+
+
+def test_environment_variables_set_flags_and_flags_win():
+    proc = start(
+        "--json", "--max-messages", "50", env={"FASTCONSUMER_PARTITIONS": "5", "FASTCONSUMER_JSON": "0"}
+    )
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert len(json.loads(out)["committed"]) == 5
+    proc = start("--concurrency", "4", env={"FASTCONSUMER_CONCURRENCY": "abc", "FASTCONSUMER_COUNT": "10"})
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert err.strip() == (
+        "fastconsumer: error: environment variable FASTCONSUMER_CONCURRENCY='abc': 'abc' is not an integer "
+        "(see --help)"
+    )
 
 
 def test_pure_python_core_on_request():
