@@ -50,8 +50,10 @@ cdef class Scheduler:
     cdef RingBuffer _ready
     cdef dict _lanes
     cdef Py_ssize_t _waiting
+    cdef OffsetTracker _tracker
 
     cdef object _lane_of(self, object msg)
+    cdef _release(self, object lane)
     cpdef bint push(self, object msg) except -1
     cpdef Py_ssize_t extend(self, list messages, Py_ssize_t start=*) except -1
     cpdef object pop(self)

@@ -323,7 +323,7 @@ cdef class Scheduler:
     Runnable messages wait in a ring buffer; messages held back by a busy lane wait in that lane.
     """
 
-    def __cinit__(self, str ordering="key", Py_ssize_t capacity=10000):
+    def __cinit__(self, str ordering="key", Py_ssize_t capacity=10000, OffsetTracker tracker=None):
         if ordering not in ORDERINGS:
             raise ValueError(f"ordering must be one of {', '.join(ORDERINGS)}; got {ordering!r}")
         self._ordering = ORDERINGS.index(ordering)
@@ -331,6 +331,7 @@ cdef class Scheduler:
         self._ready = RingBuffer(capacity)
         self._lanes = {}
         self._waiting = 0
+        self._tracker = tracker  # done() acks there: one call per finished message, not two
 
     @property
     def ordering(self):
@@ -400,12 +401,19 @@ cdef class Scheduler:
         return batch
 
     cpdef done(self, object msg):
-        """Release the lane of a handed-out message: the next one waiting in it becomes runnable."""
-        cdef object lane, queue
-        if self._ordering == UNORDERED:
-            return
-        lane = self._lane_of(msg)
-        queue = self._lanes.get(lane)
+        """A handed-out message is finished: ack its offset in the tracker, and release its lane so the next
+        message waiting in it becomes runnable."""
+        cdef object topic = msg.topic()
+        cdef object partition = msg.partition()
+        if self._tracker is not None:
+            self._tracker.ack(topic, partition, msg.offset())
+        if self._ordering == KEY:
+            self._release((topic, partition, msg.key()))
+        elif self._ordering == PARTITION:
+            self._release((topic, partition))
+
+    cdef _release(self, object lane):
+        cdef object queue = self._lanes.get(lane)
         if queue is None:
             return
         if queue:
@@ -415,7 +423,11 @@ cdef class Scheduler:
             del self._lanes[lane]
 
     cpdef done_batch(self, list messages):
+        """``done`` for a batch handed out by ``pop_batch``: each offset acked, each lane released once."""
         cdef set seen
+        if self._tracker is not None:
+            for msg in messages:
+                self._tracker.ack_message(msg)
         if self._ordering == UNORDERED:
             return
         seen = set()
@@ -423,7 +435,7 @@ cdef class Scheduler:
             lane = self._lane_of(msg)
             if lane not in seen:
                 seen.add(lane)
-                self.done(msg)
+                self._release(lane)
 
     def drop(self, topic, int64_t partition):
         """Forget the held messages of a partition (it was revoked); return how many."""

@@ -197,9 +197,11 @@ class Scheduler:
     Runnable messages wait in a ring buffer; messages held back by a busy lane wait in that lane.
     """
 
-    __slots__ = ("_ordering", "_ready", "_lanes", "_waiting", "_capacity")
+    __slots__ = ("_capacity", "_lanes", "_ordering", "_ready", "_tracker", "_waiting")
 
-    def __init__(self, ordering: str = "key", capacity: int = 10000) -> None:
+    def __init__(
+        self, ordering: str = "key", capacity: int = 10000, tracker: OffsetTracker | None = None
+    ) -> None:
         if ordering not in ORDERINGS:
             raise ValueError(f"ordering must be one of {', '.join(ORDERINGS)}; got {ordering!r}")
         self._ordering = ORDERINGS.index(ordering)
@@ -207,6 +209,7 @@ class Scheduler:
         self._ready = RingBuffer(capacity)
         self._lanes: dict = {}  # lane -> deque of messages waiting behind the one that holds the lane
         self._waiting = 0
+        self._tracker = tracker  # done() acks there: one call per finished message, not two
 
     @property
     def ordering(self) -> str:
@@ -269,10 +272,14 @@ class Scheduler:
         return batch
 
     def done(self, msg: Any) -> None:
-        """Release the lane of a handed-out message: the next one waiting in it becomes runnable."""
-        if self._ordering == 2:
-            return
-        lane = _lane_of(self._ordering, msg)
+        """A handed-out message is finished: ack its offset in the tracker, and release its lane so the next
+        message waiting in it becomes runnable."""
+        if self._tracker is not None:
+            self._tracker.ack_message(msg)
+        if self._ordering != 2:
+            self._release(_lane_of(self._ordering, msg))
+
+    def _release(self, lane: Any) -> None:
         queue = self._lanes.get(lane)
         if queue is None:
             return
@@ -283,6 +290,10 @@ class Scheduler:
             del self._lanes[lane]
 
     def done_batch(self, messages: list[Any]) -> None:
+        """``done`` for a batch handed out by ``pop_batch``: each offset acked, each lane released once."""
+        if self._tracker is not None:
+            for msg in messages:
+                self._tracker.ack_message(msg)
         if self._ordering == 2:
             return
         seen = set()
@@ -290,7 +301,7 @@ class Scheduler:
             lane = _lane_of(self._ordering, msg)
             if lane not in seen:
                 seen.add(lane)
-                self.done(msg)
+                self._release(lane)
 
     def drop(self, topic: str, partition: int) -> int:
         """Forget the held messages of a partition (it was revoked); return how many."""

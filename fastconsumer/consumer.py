@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import logging
 import random
+import sys
 import threading
 import time
 from collections import deque
@@ -120,11 +121,11 @@ class Consumer:
         if isinstance(on_error, str):
             on_error = policy.named(on_error)
         impl = core.impl
+        self._tracker = impl.OffsetTracker()
         try:
-            self._scheduler = impl.Scheduler(ordering, max_buffered)
+            self._scheduler = impl.Scheduler(ordering, max_buffered, self._tracker)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        self._tracker = impl.OffsetTracker()
         self.core = core.core_impl()
         self.source = source
         self.handler = handler
@@ -174,6 +175,9 @@ class Consumer:
         self._low_water = max_buffered - batch_size
         self._space_wanted = False
         self._at_end = False  # every partition read to its end (with exit_at_end)
+        # Set whenever something must be looked at after a message is handled; cleared once nothing is.
+        self._attention = False
+        self._stop_at = max_messages if max_messages is not None else sys.maxsize
         self._idle: deque[asyncio.Future] = deque()
         self._revoking: set[tuple[str, int]] = set()
         self._opened: asyncio.Future | None = None
@@ -335,6 +339,7 @@ class Consumer:
 
     def _begin_stop(self, abandon: bool) -> None:
         self._stopping = True
+        self._attention = True
         self._dispatching = False
         self._stop_event.set()
         if abandon:
@@ -369,12 +374,14 @@ class Consumer:
             if room < batch_size:
                 self._space.clear()
                 self._space_wanted = True
+                self._attention = True
                 await self._space.wait()
                 continue
             messages = await source.fetch(batch_size)
             if not messages:
                 if self.exit_at_end and source.at_end():
                     self._at_end = True
+                    self._attention = True
                     self._end_if_all_handled()
                 continue
             self._at_end = False
@@ -399,9 +406,8 @@ class Consumer:
         if self.in_flight == 0 and (not self._dispatching or self._scheduler.ready() == 0):
             self._quiet.set()
 
-    def _handled(self, n: int) -> None:
-        """Bookkeeping after ``n`` messages were handled."""
-        self.processed += n
+    def _after_handled(self) -> None:
+        """What may follow a handled message, off the per-message path: ``_attention`` says when to look."""
         if self._space_wanted and len(self._scheduler) + self.in_flight <= self._low_water:
             self._space_wanted = False
             self._space.set()
@@ -409,10 +415,11 @@ class Consumer:
             self._revoked.set()
         if self._stopping:
             self._check_quiet()
-        elif self.max_messages is not None and self.processed >= self.max_messages:
+        elif self.processed >= self._stop_at:
             self._begin_stop(False)
         elif self._at_end:
             self._end_if_all_handled()
+        self._attention = self._space_wanted or self._stopping or self._at_end or bool(self._revoking)
 
     def _end_if_all_handled(self) -> None:
         if self.in_flight == 0 and len(self._scheduler) == 0 and not self._stopping:
@@ -421,7 +428,6 @@ class Consumer:
 
     async def _worker(self) -> None:
         scheduler = self._scheduler
-        tracker = self._tracker
         handler = self._call
         streak = 0
         while True:
@@ -445,9 +451,10 @@ class Consumer:
                     self._check_quiet()
                     continue
             self.in_flight -= 1
-            tracker.ack_message(msg)
             scheduler.done(msg)
-            self._handled(handled)
+            self.processed += handled
+            if self._attention or self.processed >= self._stop_at:
+                self._after_handled()
             streak += 1
             if streak == YIELD_EVERY:
                 streak = 0
@@ -455,7 +462,6 @@ class Consumer:
 
     async def _batch_worker(self) -> None:
         scheduler = self._scheduler
-        tracker = self._tracker
         handler = self._call
         size = self.batch_size
         while True:
@@ -479,10 +485,9 @@ class Consumer:
                     self._check_quiet()
                     continue
             self.in_flight -= n
-            for msg in messages:
-                tracker.ack_message(msg)
             scheduler.done_batch(messages)
-            self._handled(handled)
+            self.processed += handled
+            self._after_handled()
             await asyncio.sleep(0)
 
     async def _recover(self, messages: list[Message], exc: Exception, arg: Any) -> int:
@@ -604,6 +609,7 @@ class Consumer:
         keys = [(tp.topic, tp.partition) for tp in partitions]
         queued = {key: self._scheduler.drop(*key) for key in keys}
         self._revoking.update(keys)
+        self._attention = True
         try:
             waited = asyncio.ensure_future(self._until_handled(queued))
             done, _ = await asyncio.wait([waited], timeout=self.shutdown_timeout)

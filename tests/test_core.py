@@ -254,3 +254,20 @@ def test_cython_and_python_trackers_agree(ops):
                 out.append((sorted(tracker.positions()), len(tracker), tracker.pending("t", partition)))
         results.append(out)
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("ordering", ["key", "partition", "unordered"])
+def test_done_acks_in_the_scheduler_s_tracker(impl, ordering):
+    tracker = impl.OffsetTracker()
+    scheduler = impl.Scheduler(ordering, 100, tracker)
+    messages = [msg(o, key=b"k%d" % (o % 3)) for o in range(10)]
+    tracker.track_messages(messages)
+    scheduler.extend(messages)
+    first = scheduler.pop()
+    batch = scheduler.pop_batch(20)
+    scheduler.done_batch(batch)
+    assert tracker.committable() == []  # offset 0 still running
+    scheduler.done(first)
+    acked = {m.offset() for m in [first, *batch]}
+    assert tracker.committable() == [("t", 0, min(set(range(11)) - acked))]
+    assert tracker.pending("t", 0) == 10 - len(acked)
