@@ -8,6 +8,7 @@ Every message passes through these three on its way to a handler and back, so th
 from collections import deque
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.ref cimport PyObject, Py_XDECREF
 from libc.string cimport memset
 
 ORDERINGS = ("key", "partition", "unordered")
@@ -457,3 +458,86 @@ cdef class Scheduler:
                 self._waiting -= len(queue)
                 queue.clear()
         return dropped
+
+
+cdef extern from "Python.h":
+    ctypedef enum PySendResult:
+        PYGEN_RETURN
+        PYGEN_ERROR
+        PYGEN_NEXT
+    PySendResult PyIter_Send(object iter, object arg, PyObject **presult)
+
+
+def drive(Scheduler scheduler, object handler, Py_ssize_t budget):
+    """Start up to ``budget`` runnable messages, stepping each handler coroutine once in place.
+
+    Handlers that finish without suspending (most, when they only compute) are done here, with no Task
+    and no trip through the event loop. Returns ``(finished, pending)``: ``pending`` is None, or
+    ``(msg, coro, first)`` for the first coroutine that suspended (``first`` is what it yielded; await
+    ``Resume(coro, first)`` to go on with it), or ``(msg, None, exc)`` for a handler that raised.
+    """
+    cdef Py_ssize_t finished = 0
+    cdef PyObject *result = NULL
+    cdef PySendResult status
+    cdef object msg, coro, value
+    while finished < budget:
+        msg = scheduler._ready.pop()
+        if msg is None:
+            break
+        coro = handler(msg)
+        status = PyIter_Send(coro, None, &result)
+        if status == PYGEN_RETURN:
+            Py_XDECREF(result)
+            scheduler.done(msg)
+            finished += 1
+            continue
+        if status == PYGEN_NEXT:
+            value = <object> result
+            Py_XDECREF(result)
+            return finished, (msg, coro, value)
+        try:
+            raise_current()
+        except Exception as exc:
+            return finished, (msg, None, exc)
+    return finished, None
+
+
+cdef int raise_current() except -1:
+    # PyIter_Send left an exception set; returning -1 makes Cython raise it.
+    return -1
+
+
+cdef class Resume:
+    """Awaits the rest of a coroutine that ``drive`` already stepped once: hands its first yield to the
+    awaiting Task, then forwards everything (results, exceptions, cancellation) to the coroutine."""
+
+    cdef object _coro
+    cdef object _first
+    cdef bint _started
+
+    def __cinit__(self, object coro, object first):
+        self._coro = coro
+        self._first = first
+        self._started = False
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.send(None)
+
+    def send(self, value):
+        if not self._started:
+            self._started = True
+            return self._first
+        return self._coro.send(value)
+
+    def throw(self, *args):
+        self._started = True
+        return self._coro.throw(*args)
+
+    def close(self):
+        self._coro.close()

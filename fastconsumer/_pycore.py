@@ -324,3 +324,63 @@ class Scheduler:
                 self._waiting -= len(queue)
                 queue.clear()
         return dropped
+
+
+def drive(scheduler: Scheduler, handler: Any, budget: int) -> tuple[int, Any]:
+    """Start up to ``budget`` runnable messages, stepping each handler coroutine once in place.
+
+    Handlers that finish without suspending (most, when they only compute) are done here, with no Task
+    and no trip through the event loop. Returns ``(finished, pending)``: ``pending`` is None, or
+    ``(msg, coro, first)`` for the first coroutine that suspended (``first`` is what it yielded; await
+    ``Resume(coro, first)`` to go on with it), or ``(msg, None, exc)`` for a handler that raised.
+    """
+    finished = 0
+    while finished < budget:
+        msg = scheduler.pop()
+        if msg is None:
+            break
+        coro = handler(msg)
+        try:
+            first = coro.send(None)
+        except StopIteration:
+            scheduler.done(msg)
+            finished += 1
+            continue
+        except Exception as exc:
+            return finished, (msg, None, exc)
+        return finished, (msg, coro, first)
+    return finished, None
+
+
+class Resume:
+    """Awaits the rest of a coroutine that ``drive`` already stepped once: hands its first yield to the
+    awaiting Task, then forwards everything (results, exceptions, cancellation) to the coroutine."""
+
+    __slots__ = ("_coro", "_first", "_started")
+
+    def __init__(self, coro: Any, first: Any) -> None:
+        self._coro = coro
+        self._first = first
+        self._started = False
+
+    def __await__(self) -> Resume:
+        return self
+
+    def __iter__(self) -> Resume:
+        return self
+
+    def __next__(self) -> Any:
+        return self.send(None)
+
+    def send(self, value: Any) -> Any:
+        if not self._started:
+            self._started = True
+            return self._first
+        return self._coro.send(value)
+
+    def throw(self, *args: Any) -> Any:
+        self._started = True
+        return self._coro.throw(*args)
+
+    def close(self) -> None:
+        self._coro.close()

@@ -121,6 +121,8 @@ class Consumer:
         if isinstance(on_error, str):
             on_error = policy.named(on_error)
         impl = core.impl
+        self._drive = impl.drive
+        self._resume = impl.Resume
         self._tracker = impl.OffsetTracker()
         try:
             self._scheduler = impl.Scheduler(ordering, max_buffered, self._tracker)
@@ -429,20 +431,50 @@ class Consumer:
     async def _worker(self) -> None:
         scheduler = self._scheduler
         handler = self._call
-        streak = 0
+        drive = self._drive
+        resume = self._resume
         while True:
-            msg = scheduler.pop() if self._dispatching else None
-            if msg is None:
+            if not self._dispatching:
                 if self._exit:
                     return
-                streak = 0
                 await self._wait_for_work()
                 continue
-            if self._fill_to is not None and not self._fills_gap(msg):
-                continue
-            self.in_flight += 1
+            if self._fill_to is None:
+                # The fast path: handlers that finish without suspending run to completion inside drive().
+                finished, pending = drive(scheduler, handler, YIELD_EVERY)
+                if pending is not None:
+                    self.in_flight += 1  # before any quiet check below: this one is still running
+                if finished:
+                    self.processed += finished
+                    if self._attention or self.processed >= self._stop_at:
+                        self._after_handled()
+                if pending is None:
+                    if finished:
+                        await asyncio.sleep(0)  # let fetching, committing and the other workers run
+                    elif self._exit:
+                        return
+                    else:
+                        await self._wait_for_work()
+                    continue
+                msg, coro, first = pending
+            else:
+                msg = scheduler.pop()
+                if msg is None:
+                    if self._exit:
+                        return
+                    await self._wait_for_work()
+                    continue
+                if not self._fills_gap(msg):
+                    continue
+                coro = first = None
+                self.in_flight += 1
             try:
-                await handler(msg)
+                if coro is not None:
+                    await resume(coro, first)
+                elif first is not None:
+                    raise first  # the handler raised before it first suspended
+                else:
+                    await handler(msg)
                 handled = 1
             except Exception as exc:
                 handled = await self._recover([msg], exc, msg)
@@ -455,10 +487,6 @@ class Consumer:
             self.processed += handled
             if self._attention or self.processed >= self._stop_at:
                 self._after_handled()
-            streak += 1
-            if streak == YIELD_EVERY:
-                streak = 0
-                await asyncio.sleep(0)
 
     async def _batch_worker(self) -> None:
         scheduler = self._scheduler
