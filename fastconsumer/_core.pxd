@@ -53,6 +53,7 @@ cdef class Scheduler:
     cdef OffsetTracker _tracker
 
     cdef object _lane_of(self, object msg)
+    cdef object _lane(self, object topic, object partition, object key)
     cdef _release(self, object lane)
     cpdef bint push(self, object msg) except -1
     cpdef Py_ssize_t extend(self, list messages, Py_ssize_t start=*) except -1

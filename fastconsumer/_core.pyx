@@ -8,6 +8,9 @@ Every message passes through these three on its way to a handler and back, so th
 from collections import deque
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.dict cimport PyDict_GetItem
+from cpython.long cimport PyLong_FromSsize_t
+from cpython.object cimport PyObject_Hash
 from cpython.ref cimport PyObject, Py_XDECREF
 from libc.string cimport memset
 
@@ -350,24 +353,35 @@ cdef class Scheduler:
         return self._ready._count
 
     cdef object _lane_of(self, object msg):
-        if self._ordering == KEY:
-            return (msg.topic(), msg.partition(), msg.key())
-        return (msg.topic(), msg.partition())
+        return self._lane(msg.topic(), msg.partition(), msg.key() if self._ordering == KEY else None)
+
+    cdef object _lane(self, object topic, object partition, object key):
+        # A lane is a hash of (topic, partition[, key]), not a tuple: nothing to build and hash per message.
+        # Keys whose hashes collide would share a lane, which only orders them more strictly.
+        cdef Py_hash_t h = PyObject_Hash(topic) * 1000003 ^ PyObject_Hash(partition)
+        if key is not None:
+            h = h * 1000003 ^ PyObject_Hash(key)
+        return PyLong_FromSsize_t(h)
 
     cpdef bint push(self, object msg) except -1:
         cdef object lane, queue
+        cdef PyObject *found
         if self._ready._count + self._waiting >= self._capacity:
             return False
         if self._ordering == UNORDERED:
             return self._ready.push(msg)
         lane = self._lane_of(msg)
-        queue = self._lanes.get(lane)
-        if queue is None:
-            self._lanes[lane] = deque()
+        found = PyDict_GetItem(self._lanes, lane)
+        if found == NULL:  # a free lane: it runs now, and holds the lane (None: nobody waits yet)
+            self._lanes[lane] = None
             self._ready.push(msg)
-        else:
-            queue.append(msg)
-            self._waiting += 1
+            return True
+        queue = <object> found
+        if queue is None:
+            queue = deque()
+            self._lanes[lane] = queue
+        queue.append(msg)
+        self._waiting += 1
         return True
 
     cpdef Py_ssize_t extend(self, list messages, Py_ssize_t start=0) except -1:
@@ -396,7 +410,7 @@ cdef class Scheduler:
             batch.append(msg)
             if self._ordering != UNORDERED:
                 queue = self._lanes[self._lane_of(msg)]
-                while queue and len(batch) < max_messages:
+                while queue is not None and queue and len(batch) < max_messages:
                     batch.append(queue.popleft())
                     self._waiting -= 1
         return batch
@@ -409,19 +423,21 @@ cdef class Scheduler:
         if self._tracker is not None:
             self._tracker.ack(topic, partition, msg.offset())
         if self._ordering == KEY:
-            self._release((topic, partition, msg.key()))
+            self._release(self._lane(topic, partition, msg.key()))
         elif self._ordering == PARTITION:
-            self._release((topic, partition))
+            self._release(self._lane(topic, partition, None))
 
     cdef _release(self, object lane):
-        cdef object queue = self._lanes.get(lane)
-        if queue is None:
+        cdef PyObject *found = PyDict_GetItem(self._lanes, lane)
+        cdef object queue
+        if found == NULL:
             return
-        if queue:
+        queue = <object> found
+        if queue is None or not queue:
+            del self._lanes[lane]
+        else:
             self._ready.push(queue.popleft())
             self._waiting -= 1
-        else:
-            del self._lanes[lane]
 
     cpdef done_batch(self, list messages):
         """``done`` for a batch handed out by ``pop_batch``: each offset acked, each lane released once."""
@@ -449,14 +465,18 @@ cdef class Scheduler:
             dropped += 1
             if self._ordering != UNORDERED:  # the lane's holder never ran: free the lane with its queue
                 queue = self._lanes.pop(self._lane_of(msg))
-                dropped += len(queue)
-                self._waiting -= len(queue)
+                if queue is not None:
+                    dropped += len(queue)
+                    self._waiting -= len(queue)
         self._ready.extend(kept)
-        for lane, queue in self._lanes.items():  # lanes held by running messages stay held until done()
-            if queue and lane[1] == partition and lane[0] == topic:
-                dropped += len(queue)
-                self._waiting -= len(queue)
-                queue.clear()
+        for queue in self._lanes.values():  # lanes held by running messages stay held until done()
+            if queue is not None and queue:
+                left = [m for m in queue if m.partition() != partition or m.topic() != topic]
+                if len(left) != len(queue):
+                    dropped += len(queue) - len(left)
+                    self._waiting -= len(queue) - len(left)
+                    queue.clear()
+                    queue.extend(left)
         return dropped
 
 
