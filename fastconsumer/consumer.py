@@ -379,7 +379,8 @@ class Consumer:
                 self._attention = True
                 await self._space.wait()
                 continue
-            messages = await source.fetch(batch_size)
+            # The source may fetch the next batch while this one is handled, within what the cap leaves.
+            messages = await source.fetch(batch_size, room - batch_size)
             if not messages:
                 if self.exit_at_end and source.at_end():
                     self._at_end = True

@@ -120,8 +120,8 @@ class KafkaSource:
         self._thread.start()
         await opened
 
-    async def fetch(self, max_messages: int) -> list[Message]:
-        return await self._ask("fetch", max_messages)
+    async def fetch(self, max_messages: int, prefetch: int = 0) -> list[Message]:
+        return await self._ask("fetch", (max_messages, prefetch))
 
     async def _ask(self, command: str, arg: Any) -> Any:
         if self._failure is not None:
@@ -218,11 +218,16 @@ class KafkaSource:
         loop = self._loop
         assert loop is not None
         if command == "fetch":
+            wanted, prefetch = arg
             self._set_paused(consumer, False)
-            messages, self._held = self._held, []
-            if len(messages) < arg:
-                messages.extend(self._consume(consumer, arg - len(messages)))
+            messages, self._held = self._held[:wanted], self._held[wanted:]
+            if len(messages) < wanted:
+                messages.extend(self._consume(consumer, wanted - len(messages)))
             _resolve(loop, fut, messages)
+            # Fetch the next batch while the loop handles this one (librdkafka waits without the GIL).
+            prefetch = min(prefetch, wanted) - len(self._held)
+            if prefetch > 0 and self._commands.empty():
+                self._held.extend(self._consume(consumer, prefetch, timeout=0))
         elif command == "commit":
             try:
                 consumer.commit(offsets=arg, asynchronous=True)
@@ -237,8 +242,8 @@ class KafkaSource:
             finally:
                 _resolve(loop, fut, None)
 
-    def _consume(self, consumer: KafkaConsumer, n: int) -> list[Message]:
-        batch = consumer.consume(num_messages=n, timeout=self.poll_timeout)
+    def _consume(self, consumer: KafkaConsumer, n: int, timeout: float | None = None) -> list[Message]:
+        batch = consumer.consume(num_messages=n, timeout=self.poll_timeout if timeout is None else timeout)
         if self._reassigned:
             self._reassigned = False
             if self._paused:

@@ -139,7 +139,7 @@ class MemorySource:
         committed = self.log.committed(self.group)
         self._positions = [committed.get(p, 0) for p in range(self.log.partitions)]
 
-    async def fetch(self, max_messages: int) -> list[Message]:
+    async def fetch(self, max_messages: int, prefetch: int = 0) -> list[Message]:
         log = self.log
         n = log.partitions
         share = -(-max_messages // n)

@@ -30,8 +30,11 @@ class Source(Protocol):
     async def open(self, listener: SourceListener) -> None:
         """Connect and subscribe; raise if that cannot happen."""
 
-    async def fetch(self, max_messages: int) -> list[Message]:
-        """Up to ``max_messages`` messages, waiting a short while for some; may return an empty list."""
+    async def fetch(self, max_messages: int, prefetch: int = 0) -> list[Message]:
+        """Up to ``max_messages`` messages, waiting a short while for some; may return an empty list.
+
+        ``prefetch``: how many more the source may fetch ahead, for the next call, without passing the
+        engine's cap."""
 
     def commit(self, offsets: list[TopicPartition]) -> None:
         """Request an asynchronous commit; its result reaches ``listener.on_commit``."""
