@@ -271,3 +271,67 @@ def test_done_acks_in_the_scheduler_s_tracker(impl, ordering):
     acked = {m.offset() for m in [first, *batch]}
     assert tracker.committable() == [("t", 0, min(set(range(11)) - acked))]
     assert tracker.pending("t", 0) == 10 - len(acked)
+
+
+def test_drive_finishes_handlers_that_do_not_suspend_and_hands_back_the_rest(impl):
+    import asyncio
+
+    tracker = impl.OffsetTracker()
+    scheduler = impl.Scheduler("unordered", 100, tracker)
+    messages = [msg(o) for o in range(6)]
+    tracker.track_messages(messages)
+    scheduler.extend(messages)
+    seen = []
+
+    async def handler(m):
+        seen.append(m.offset())
+        if m.offset() == 2:
+            await asyncio.sleep(0)
+            return "resumed"
+        if m.offset() == 4:
+            raise KeyError("four")
+
+    async def main():
+        finished, pending = impl.drive(scheduler, handler, 100)
+        assert finished == 2 and pending[0].offset() == 2  # 0 and 1 done in place, 2 suspended
+        assert tracker.committable() == [("t", 0, 2)]
+        m, coro, first = pending
+        assert await impl.Resume(coro, first) == "resumed"
+        finished, pending = impl.drive(scheduler, handler, 100)
+        assert finished == 1 and pending[0].offset() == 4 and pending[1] is None
+        assert isinstance(pending[2], KeyError)
+        finished, pending = impl.drive(scheduler, handler, 1)  # the budget bounds one call
+        assert (finished, pending) == (1, None)
+        assert impl.drive(scheduler, handler, 100) == (0, None)
+
+    asyncio.run(main())
+    assert seen == list(range(6))
+
+
+def test_resume_passes_cancellation_to_the_handler(impl):
+    import asyncio
+
+    cancelled = []
+
+    async def handler(m):
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(m.offset())
+            raise
+
+    async def main():
+        scheduler = impl.Scheduler("unordered", 10)
+        scheduler.push(msg(7))
+        _, (m, coro, first) = impl.drive(scheduler, handler, 10)
+        task = asyncio.ensure_future(_wait(coro, first))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    async def _wait(coro, first):
+        await impl.Resume(coro, first)
+
+    asyncio.run(main())
+    assert cancelled == [7]
