@@ -1,4 +1,4 @@
-"""``pytest bench --benchmark-only``: the engine on the memory source, and the core's operations."""
+"""The engine on the memory source, and the core's operations (the Kafka rows: test_kafka.py)."""
 
 from confluent_kafka import Message
 
@@ -24,7 +24,7 @@ def test_engine_noop_handler(benchmark, impl):
         assert summary.processed == ENGINE_MESSAGES
 
     benchmark.pedantic(once, rounds=3, iterations=1)
-    record(benchmark, "engine, no-op handler (msgs)", core_impl(), ENGINE_MESSAGES)
+    record(benchmark, "engine, no-op handler (msgs)", core_impl(), ENGINE_MESSAGES, kind="engine")
 
 
 def test_tracker_track_ack_committable(benchmark, impl):

@@ -1,0 +1,277 @@
+#!/usr/bin/env python3
+"""The benchmarks as a table for the README: ``python bench/report.py out.json [--json F] [--png F]``.
+
+``out.json`` is pytest-benchmark's output (``pytest bench --benchmark-only --benchmark-json=out.json``).
+Prints a markdown table (benchmark, msgs/s, ratio to its ceiling, target, met?); ``--json`` saves the rows,
+``--png`` a bar chart of the ratios (needs matplotlib; without it the chart is skipped with a message),
+``--markdown`` the table. bench/conftest.py prints the same table at the end of a benchmark run.
+
+The targets are printed, never asserted: a benchmark that misses one still passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import operator
+import sys
+from pathlib import Path
+from typing import Any
+
+# key: (what is compared, comparison, threshold, how the table says it)
+TARGETS: dict[str, tuple[str, str, float, str]] = {
+    "fc_key": ("ratio", ">=", 0.60, ">= 60% of ceiling"),
+    "fc_batch": ("ratio", ">=", 0.90, ">= 90% of ceiling"),
+    "fc_io_64": ("ratio", ">=", 0.97, ">= 97% of I/O ceiling"),
+    "fc_io_1024": ("ratio", ">=", 0.80, ">= 80% of I/O ceiling"),
+    "engine": ("msgs_per_s", ">=", 2_000_000, ">= 2M msgs/s (cython)"),
+    "core": ("ratio", ">=", 5.0, ">= 5x python"),
+    "rss": ("ratio", "<=", 1.20, "peak within 20%"),
+    "first_message": ("overhead_s", "<", 1.0, "overhead < 1 s"),
+}
+OPS = {">=": operator.ge, "<=": operator.le, "<": operator.lt, ">": operator.gt}
+
+# The table's order; rows of other keys follow in the order they ran.
+ORDER = [
+    "ceiling",
+    "ceiling_default_backoff",
+    "fc_key",
+    "fc_partition",
+    "fc_unordered",
+    "fc_batch",
+    "peer_handwritten",
+    "peer_aiokafka",
+    "peer_aioconsumer",
+    "io_64",
+    "fc_io_64",
+    "io_1024",
+    "fc_io_1024",
+    "first_message",
+    "rss",
+]
+BASIS_NAMES = {"ceiling": "ceiling", "io_64": "I/O ceiling", "io_1024": "I/O ceiling"}
+
+
+def load(path: str | Path) -> list[dict[str, Any]]:
+    """The benchmarks of a pytest-benchmark JSON file: dicts with at least ``name`` and ``extra_info``."""
+    with open(path) as fh:
+        return json.load(fh)["benchmarks"]
+
+
+def build_rows(benchmarks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per Kafka/I/O measurement (``extra_info["key"]``), then one per engine or core benchmark
+    (``extra_info["bench"]``, its cores side by side). Ratios are recomputed from the basis rows when they
+    are present, so a file edited by hand or merged from runs stays consistent."""
+    keyed: dict[str, dict[str, Any]] = {}
+    cores: dict[str, dict[str, Any]] = {}
+    for b in benchmarks:
+        info = b.get("extra_info") or {}
+        if "key" in info:
+            keyed[info["key"]] = info
+        elif "bench" in info and "per_second" in info:
+            entry = cores.setdefault(info["bench"], {"kind": info.get("kind", "core")})
+            entry[info.get("impl", "?")] = info["per_second"]
+
+    rows = []
+    for key in sorted(keyed, key=lambda k: ORDER.index(k) if k in ORDER else len(ORDER)):
+        rows.append(_keyed_row(key, keyed[key], keyed))
+    for name, entry in cores.items():
+        rows.append(_core_row(name, entry))
+    for row in rows:
+        _judge(row)
+    return rows
+
+
+def _keyed_row(key: str, info: dict[str, Any], keyed: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "key": key,
+        "row": info.get("label", key),
+        "msgs_per_s": info.get("msgs_per_s"),
+        "msgs_per_s_incl_join": info.get("msgs_per_s_incl_join"),
+        "ratio": info.get("ratio"),
+        "ratio_incl_join": info.get("ratio_incl_join"),
+        "ratio_to": BASIS_NAMES.get(info.get("basis", ""), info.get("basis")),
+        "messages": info.get("messages"),
+    }
+    basis = keyed.get(info.get("basis") or "")
+    if basis and basis.get("msgs_per_s") and row["msgs_per_s"]:
+        row["ratio"] = row["msgs_per_s"] / basis["msgs_per_s"]
+        base_incl = basis.get("msgs_per_s_incl_join") or basis["msgs_per_s"]
+        if row["msgs_per_s_incl_join"]:
+            row["ratio_incl_join"] = row["msgs_per_s_incl_join"] / base_incl
+    if key == "first_message":
+        row.update(
+            overhead_s=info["overhead_s"],
+            value=f"first message {info['fastconsumer_s']:.3f} s, bare consumer {info['bare_s']:.3f} s",
+            ratio_text=f"{info['overhead_s']:+.3f} s",
+        )
+    elif key == "rss":
+        first, last = info["rss_first"], info["rss_last"]
+        row.update(
+            ratio=last["vmhwm_kb"] / first["vmhwm_kb"],
+            value=(
+                f"peak RSS {first['vmhwm_kb'] / 1024:.0f} MB after {_count(first['messages'])}, "
+                f"{last['vmhwm_kb'] / 1024:.0f} MB after {_count(last['messages'])}"
+            ),
+        )
+        if first.get("pass_peak_kb") and last.get("pass_peak_kb"):
+            row["value"] += (
+                f" (peak of the first read {first['pass_peak_kb'] / 1024:.0f} MB, "
+                f"of the last {last['pass_peak_kb'] / 1024:.0f} MB)"
+            )
+        row["ratio_text"] = f"{row['ratio']:.2f}x"
+    return row
+
+
+def _core_row(name: str, entry: dict[str, Any]) -> dict[str, Any]:
+    py, cy = entry.get("python"), entry.get("cython")
+    return {
+        "key": entry["kind"],
+        "row": f"{name}, cython core" if cy else f"{name}, python core",
+        "msgs_per_s": cy or py,
+        "msgs_per_s_incl_join": None,
+        "ratio": cy / py if cy and py else None,
+        "ratio_to": "python core",
+    }
+
+
+def _judge(row: dict[str, Any]) -> None:
+    target = TARGETS.get(row["key"])
+    row["target"] = target[3] if target else ""
+    row["met"] = None
+    if target:
+        metric, op, threshold, _ = target
+        value = row.get(metric)
+        if value is not None:
+            row["met"] = bool(OPS[op](value, threshold))
+
+
+def _count(n: int) -> str:
+    if n >= 1_000_000 and n % 100_000 == 0:
+        return f"{n / 1_000_000:g}M"
+    if n >= 1_000 and n % 1_000 == 0:
+        return f"{n // 1_000:g}k"
+    return f"{n:,}"
+
+
+def _ratio_text(row: dict[str, Any]) -> str:
+    if row.get("ratio_text"):
+        return row["ratio_text"]
+    if row["key"] in BASIS_NAMES:
+        return f"(the {BASIS_NAMES[row['key']]})"
+    ratio = row.get("ratio")
+    if ratio is None:
+        return "-"
+    if row.get("ratio_to") == "python core":
+        return f"{ratio:.1f}x python"
+    text = f"{ratio:.0%} of {row['ratio_to']}"
+    if row.get("ratio_incl_join") is not None and row.get("ratio_to") == "ceiling":
+        text += f" ({row['ratio_incl_join']:.0%} incl. join)"
+    return text
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| benchmark | msgs/s | msgs/s incl. join | ratio | target | met? |",
+        "|---|--:|--:|---|---|:-:|",
+    ]
+    for row in rows:
+        rate = row.get("value") or (f"{row['msgs_per_s']:,.0f}" if row.get("msgs_per_s") else "-")
+        incl = f"{row['msgs_per_s_incl_join']:,.0f}" if row.get("msgs_per_s_incl_join") else ""
+        met = {True: "yes", False: "**no**", None: ""}[row["met"]]
+        lines.append(f"| {row['row']} | {rate} | {incl} | {_ratio_text(row)} | {row['target']} | {met} |")
+    return "\n".join(lines)
+
+
+def header(benchmarks: list[dict[str, Any]]) -> str:
+    """What was measured: the topic's size and whether it was the quick mode."""
+    for b in benchmarks:
+        info = b.get("extra_info") or {}
+        if info.get("topic_messages"):
+            mode = "full mode"
+            if info.get("quick"):
+                mode = "quick mode: too few messages for the rates to mean much"
+            return (
+                f"Topic of {info['topic_messages']:,} messages of {info.get('message_size', 100)} bytes in "
+                f"{info.get('partitions', 4)} partitions, {info.get('keys', 0):,} keys ({mode}); "
+                f"msgs/s from first message to last, and from making the client (group join included)."
+            )
+    return ""
+
+
+def save_json(
+    rows: list[dict[str, Any]], path: str | Path, benchmarks_file: dict[str, Any] | None = None
+) -> None:
+    doc: dict[str, Any] = {"rows": rows}
+    if benchmarks_file:
+        doc["datetime"] = benchmarks_file.get("datetime")
+        doc["machine_info"] = benchmarks_file.get("machine_info")
+        doc["commit_info"] = benchmarks_file.get("commit_info")
+    Path(path).write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def save_png(rows: list[dict[str, Any]], path: str | Path) -> bool:
+    """A horizontal bar per row that has a ratio to a ceiling, the target as a tick; False without
+    matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(
+            f"matplotlib is not installed: no chart written to {path} (pip install matplotlib)",
+            file=sys.stderr,
+        )
+        return False
+    bars = [r for r in rows if r.get("ratio") is not None and r.get("ratio_to") in ("ceiling", "I/O ceiling")]
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(bars) + 1.5))
+    labels = [r["row"] + (" [vs I/O ceiling]" if r["ratio_to"] == "I/O ceiling" else "") for r in bars]
+    values = [100 * r["ratio"] for r in bars]
+    colors = ["#4c72b0" if r["key"].startswith("fc_") else "#999999" for r in bars]
+    ax.barh(range(len(bars)), values, color=colors)
+    for i, r in enumerate(bars):
+        ax.text(values[i] + 1, i, f"{r['msgs_per_s']:,.0f}/s", va="center", fontsize=8)
+        target = TARGETS.get(r["key"])
+        if target and target[0] == "ratio":
+            ax.plot([100 * target[2]] * 2, [i - 0.4, i + 0.4], color="#c44e52", linewidth=2)
+    ax.set_yticks(range(len(bars)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("% of the ceiling measured in the same session (red: target)")
+    ax.set_xlim(0, max([110.0, *[v + 25 for v in values]]))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("benchmark_json", help="pytest-benchmark output (--benchmark-json)")
+    parser.add_argument("--json", metavar="FILE", help="save the rows as JSON")
+    parser.add_argument("--png", metavar="FILE", help="save a bar chart (needs matplotlib)")
+    parser.add_argument("--markdown", metavar="FILE", help="save the markdown table")
+    args = parser.parse_args(argv)
+    with open(args.benchmark_json) as fh:
+        doc = json.load(fh)
+    benchmarks = doc.get("benchmarks", [])
+    rows = build_rows(benchmarks)
+    if not rows:
+        print(f"{args.benchmark_json}: no fastconsumer benchmark rows", file=sys.stderr)
+        return 1
+    text = markdown(rows)
+    intro = header(benchmarks)
+    if intro:
+        text = intro + "\n\n" + text
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+    if args.json:
+        save_json(rows, args.json, doc)
+    if args.png:
+        save_png(rows, args.png)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

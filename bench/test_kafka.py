@@ -1,0 +1,180 @@
+"""fastconsumer on a real Kafka broker, against the ceilings measured in the same session, and its peers.
+
+Every row reads the whole session topic (bench/conftest.py ``bench_topic``) with a new consumer group and
+stops at its end; each measurement runs in a fresh Python process (bench/runners.py says why) and is timed
+inside it, so process start is not counted and group join is. ``extra_info`` holds msgs/s from the first
+message to the last (``msgs_per_s``) and from making the client (``msgs_per_s_incl_join``), and the ratios
+to the row's ceiling; bench/report.py turns them into a table. The ceilings come first in this file, so
+they are measured before the rows compared with them.
+"""
+
+import os
+import statistics
+from pathlib import Path
+
+import pytest
+
+from bench import runners
+from bench.conftest import BASELINES, QUICK, baseline, record_row
+
+#: ``FASTCONSUMER_BENCH_ROUNDS=3`` runs each throughput row 3 times and keeps its best round (default 1).
+ROUNDS = int(os.environ.get("FASTCONSUMER_BENCH_ROUNDS") or 1)
+IO_SECONDS = 1.0 if QUICK else 3.0  # how long the I/O ceilings count completions
+FIRST_MESSAGE_REPEATS = 3  # the time to the first message is the median of this many runs of each
+RSS_PASSES = 10  # the memory probe reads the topic this many times: 1M then 10M messages (quick: 50k, 500k)
+REPO = str(Path(__file__).resolve().parents[1])
+
+
+def measure(spec: dict, topic=None) -> dict:
+    if topic is not None:
+        spec = {"bootstrap": topic.bootstrap, "topic": topic.name, "total": topic.messages, **spec}
+    return runners.in_subprocess(spec, REPO)
+
+
+def run_row(benchmark, spec: dict, topic=None, rounds: int = 1) -> dict:
+    """One measurement, ``rounds`` times (default once: each reads the whole topic); of several, the round
+    with the best msgs/s, with every round's msgs/s in ``rounds_msgs_per_s``."""
+    results = []
+    benchmark.pedantic(lambda: results.append(measure(spec, topic)), rounds=rounds, iterations=1)
+    if len(results) == 1:
+        return results[0]
+    best = max(results, key=lambda r: r.get("msgs_per_s") or 0)
+    return {**best, "rounds_msgs_per_s": [round(r.get("msgs_per_s") or 0) for r in results]}
+
+
+def _ceiling(topic) -> dict:
+    spec = {"what": "bare", "config": runners.FAST_BACKOFF}
+    return baseline("ceiling", lambda: {"key": "ceiling", **measure(spec, topic)})
+
+
+def _io_ceiling(n: int) -> dict:
+    spec = {"what": "io", "n": n, "seconds": IO_SECONDS}
+    return baseline(f"io_{n}", lambda: {"key": f"io_{n}", **measure(spec)})
+
+
+# -- the ceiling
+
+
+def test_ceiling(benchmark, bench_topic):
+    """A bare ``confluent_kafka.Consumer.consume(10000)`` loop touching each value(), with fastconsumer's
+    fetch.queue.backoff.ms=10: the most a Python consumer of this client gets out of this broker."""
+    row = run_row(benchmark, {"what": "bare", "config": runners.FAST_BACKOFF}, bench_topic, rounds=ROUNDS)
+    label = "ceiling: bare consume(10000), touching value()"
+    extra = record_row(benchmark, "ceiling", label, row, ratio=1.0, ratio_incl_join=1.0, **bench_topic.info())
+    BASELINES["ceiling"] = extra
+
+
+def test_ceiling_default_backoff(benchmark, bench_topic):
+    """The same loop with librdkafka's default fetch.queue.backoff.ms (1000 ms)."""
+    ceiling = _ceiling(bench_topic)
+    row = run_row(benchmark, {"what": "bare", "config": {}}, bench_topic, rounds=ROUNDS)
+    label = "ceiling with librdkafka's default fetch.queue.backoff.ms"
+    record_row(benchmark, "ceiling_default_backoff", label, row, ceiling, **bench_topic.info())
+
+
+# -- fastconsumer, no-op handlers
+
+
+@pytest.mark.parametrize("ordering", ["key", "partition", "unordered"])
+def test_fastconsumer_noop(benchmark, bench_topic, ordering):
+    ceiling = _ceiling(bench_topic)
+    spec = {"what": "fastconsumer", "handler": "noop", "options": {"concurrency": 64, "ordering": ordering}}
+    row = run_row(benchmark, spec, bench_topic, rounds=ROUNDS)
+    label = f"fastconsumer, no-op handler, concurrency 64, ordering {ordering}"
+    record_row(benchmark, f"fc_{ordering}", label, row, ceiling, **bench_topic.info())
+
+
+def test_fastconsumer_batch_noop(benchmark, bench_topic):
+    ceiling = _ceiling(bench_topic)
+    row = run_row(benchmark, {"what": "fastconsumer", "handler": "noop_batch"}, bench_topic, rounds=ROUNDS)
+    label = "fastconsumer, batch no-op handler (batch_size 500)"
+    record_row(benchmark, "fc_batch", label, row, ceiling, **bench_topic.info())
+
+
+# -- peers
+
+
+def test_peer_handwritten_asyncio(benchmark, bench_topic):
+    """consume(500) in an executor, an asyncio.Queue, 64 workers awaiting a no-op, commit async every 1 s."""
+    ceiling = _ceiling(bench_topic)
+    row = run_row(benchmark, {"what": "handwritten", "concurrency": 64}, bench_topic, rounds=ROUNDS)
+    label = "peer: hand-written asyncio (executor consume(500), Queue, 64 workers)"
+    record_row(benchmark, "peer_handwritten", label, row, ceiling, **bench_topic.info())
+
+
+def test_peer_aiokafka_getmany(benchmark, bench_topic):
+    pytest.importorskip("aiokafka")
+    ceiling = _ceiling(bench_topic)
+    row = run_row(benchmark, {"what": "aiokafka"}, bench_topic, rounds=ROUNDS)
+    label = f"peer: aiokafka {row['version']} getmany(), no processing"
+    record_row(benchmark, "peer_aiokafka", label, row, ceiling, **bench_topic.info())
+
+
+def test_peer_aioconsumer(benchmark, bench_topic):
+    pytest.importorskip("confluent_kafka.aio")
+    ceiling = _ceiling(bench_topic)
+    row = run_row(benchmark, {"what": "aioconsumer"}, bench_topic, rounds=ROUNDS)
+    label = "peer: confluent_kafka.aio.AIOConsumer.consume(10000), no processing"
+    record_row(benchmark, "peer_aioconsumer", label, row, ceiling, **bench_topic.info())
+
+
+# -- 1 ms of I/O per message, against the event loop's own ceiling
+
+
+@pytest.mark.parametrize("n", [64, 1024])
+def test_io_ceiling(benchmark, n):
+    """``n`` coroutines looping on ``await asyncio.sleep(0.001)`` on uvloop, no Kafka: completions/s."""
+    row = run_row(benchmark, {"what": "io", "n": n, "seconds": IO_SECONDS}, rounds=ROUNDS)
+    label = f"I/O ceiling: {n} coroutines on sleep(1 ms), no Kafka"
+    BASELINES[f"io_{n}"] = record_row(benchmark, f"io_{n}", label, row)
+
+
+@pytest.mark.parametrize("concurrency", [64, 1024])
+def test_fastconsumer_io_1ms(benchmark, bench_topic, concurrency):
+    io = _io_ceiling(concurrency)
+    spec = {"what": "fastconsumer", "handler": "io_1ms", "options": {"concurrency": concurrency}}
+    row = run_row(benchmark, spec, bench_topic, rounds=ROUNDS)
+    label = f"fastconsumer, 1 ms handler, concurrency {concurrency}"
+    record_row(benchmark, f"fc_io_{concurrency}", label, row, io, **bench_topic.info())
+
+
+# -- start-up and memory
+
+
+def test_first_message(benchmark, bench_topic):
+    """From making the consumer to its first message on a new group: fastconsumer against a bare consumer,
+    the median of a few runs of each, taken in turns."""
+    runs = run_row(benchmark, {"what": "first", "repeats": FIRST_MESSAGE_REPEATS}, bench_topic)
+    ours, bare = statistics.median(runs["fastconsumer_runs"]), statistics.median(runs["bare_runs"])
+    record_row(
+        benchmark,
+        "first_message",
+        "time to first message, new group",
+        {},
+        fastconsumer_s=round(ours, 4),
+        bare_s=round(bare, 4),
+        overhead_s=round(ours - bare, 4),
+        fastconsumer_runs=[round(x, 4) for x in runs["fastconsumer_runs"]],
+        bare_runs=[round(x, 4) for x in runs["bare_runs"]],
+        **bench_topic.info(),
+    )
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc/self/status (Linux)")
+def test_rss_flat(benchmark, bench_topic):
+    """Peak RSS of a process that reads the topic ``RSS_PASSES`` times with fastconsumer (a new Consumer and
+    group each time): after the first read and after the last, e.g. 1M and 10M messages."""
+    passes = run_row(benchmark, {"what": "rss", "passes": RSS_PASSES}, bench_topic)["passes"]
+    first, last = passes[1], passes[-1]
+    assert last["messages"] == RSS_PASSES * bench_topic.messages
+    record_row(
+        benchmark,
+        "rss",
+        f"peak RSS, fastconsumer no-op, {RSS_PASSES} reads of the topic",
+        {},
+        rss_first=first,
+        rss_last=last,
+        rss_passes=passes,
+        growth=round(last["vmhwm_kb"] / first["vmhwm_kb"], 4),
+        **bench_topic.info(),
+    )
