@@ -2,38 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import shutil
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
-confluent_kafka = pytest.importorskip("confluent_kafka")
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition  # noqa: E402
-from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+from tests.kafka_helpers import BROKER_PY, local_broker_module
 
-BROKER_PY = Path(__file__).resolve().parents[1] / "dev" / "broker.py"
 PARTITIONS = 4
 MESSAGES = 1000
 TIMEOUT = 60.0
-
-
-def _load_broker_module():
-    name = "fastconsumer_dev_broker"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, BROKER_PY)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="needs java 17+ for the Kafka broker")
 
 
 def wait_until(predicate, what: str, timeout: float = TIMEOUT, interval: float = 0.05):
@@ -113,9 +94,8 @@ def produce(bootstrap: str, topic: str, start: int, count: int) -> None:
     assert not errors, errors[:5]
 
 
-@needs_java
 def test_produce_consume_commit_restart_keeps_data_and_offsets():
-    broker_mod = _load_broker_module()
+    broker_mod = local_broker_module()
     topic, group = f"broker-test-{uuid.uuid4().hex[:8]}", f"group-{uuid.uuid4().hex[:8]}"
 
     with broker_mod.LocalBroker() as broker:
@@ -171,4 +151,4 @@ def test_produce_consume_commit_restart_keeps_data_and_offsets():
 def test_docker_compose_uses_the_pom_kafka_version():
     compose = (BROKER_PY.parents[1] / "docker-compose.yml").read_text()
     tags = re.findall(r"^\s*image:\s*apache/kafka:(\S+)\s*$", compose, re.MULTILINE)
-    assert tags == [_load_broker_module().kafka_version()]
+    assert tags == [local_broker_module().kafka_version()]
