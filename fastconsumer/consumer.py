@@ -195,6 +195,11 @@ class Consumer:
     def running(self) -> bool:
         return self._running.is_set() and not self._finished.is_set()
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the run is on (None before it runs): for probes that check the loop turns."""
+        return self._loop
+
     def elapsed(self) -> float:
         if self._finished.is_set() or not self._started_at:
             return self._elapsed
@@ -234,6 +239,8 @@ class Consumer:
             workers = [
                 loop.create_task(work(), name=f"fastconsumer-worker-{i}") for i in range(self.concurrency)
             ]
+            for task in (fetcher, *workers):
+                task.add_done_callback(self._task_ended)
             try:
                 await self._stop_event.wait()
             except (
@@ -640,7 +647,10 @@ class Consumer:
         self._revoking.update(keys)
         self._attention = True
         try:
-            waited = asyncio.ensure_future(self._until_handled(queued))
+            # Once the workers are gone (the run is closing) no handler can still be running; a failed or
+            # abandoned message stays unacked for good, so waiting for it would only wait out the timeout.
+            running = self._until_handled(queued) if not self._exit else asyncio.sleep(0)
+            waited = asyncio.ensure_future(running)
             done, _ = await asyncio.wait([waited], timeout=self.shutdown_timeout)
             if not done:
                 waited.cancel()
