@@ -10,8 +10,10 @@ import logging
 import os
 import signal
 import sys
+import threading
 from typing import Any, TextIO
 
+from fastconsumer import config_file, logs
 from fastconsumer.consumer import Consumer, Summary
 from fastconsumer.demo import make_handler
 from fastconsumer.errors import ConfigError, HandlerError
@@ -19,7 +21,7 @@ from fastconsumer.kafka import KafkaSource
 from fastconsumer.loops import LOOPS, new_event_loop
 from fastconsumer.memory import MemoryLog, MemorySource
 from fastconsumer.policy import DeadLetter
-from fastconsumer.progress import Progress, format_summary
+from fastconsumer.progress import LOG_EVERY, Progress, format_summary
 from fastconsumer.source import Source
 
 log = logging.getLogger("fastconsumer")
@@ -74,6 +76,26 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"fastconsumer: error: {message} (see --help)\n")
 
 
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 0-65535 (0: any free port), got {value}")
+    return value
+
+
+class ReplaceAppend(argparse._AppendAction):
+    """Repeatable, and the command line's values replace a list that came from the environment or a config
+    file instead of adding to it: the flag wins."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+        if getattr(namespace, self.dest, None) is self.default:
+            setattr(namespace, self.dest, [])
+        super().__call__(parser, namespace, values, option_string)
+
+
 def kafka_property(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -88,7 +110,7 @@ def apply_environment(parser: argparse.ArgumentParser, environ: dict[str, str]) 
             continue
         name = "FASTCONSUMER_" + action.dest.upper()
         raw = environ.get(name)
-        if raw is None or action.dest in ("help", "config"):
+        if raw is None or action.dest in ("help", "config", "config_file", "process_index"):
             continue
         try:
             if isinstance(action, argparse._StoreTrueAction):
@@ -159,9 +181,45 @@ def build_parser() -> argparse.ArgumentParser:
         "--loop", choices=LOOPS, default="auto", help="event loop (auto: uvloop if installed)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON summary on stdout at exit")
+    parser.add_argument(
+        "--config",
+        dest="config_file",
+        metavar="FILE",
+        help="TOML file of the flags' settings (concurrency = 64, a [kafka] table, ...); flags win over it",
+    )
+    ops = parser.add_argument_group("operating it")
+    ops.add_argument("--log-level", choices=logs.LEVELS, default="info", help="log level (info)")
+    ops.add_argument(
+        "--log-format", choices=logs.FORMATS, default="text", help="text, or json: one object per line"
+    )
+    ops.add_argument(
+        "--metrics-port",
+        type=port_number,
+        metavar="PORT",
+        help="serve Prometheus /metrics and the /healthz and /readyz probes on this port (off by default)",
+    )
+    ops.add_argument(
+        "--metrics-host", default="0.0.0.0", metavar="HOST", help="address to serve metrics on (0.0.0.0)"
+    )
+    ops.add_argument(
+        "--stall-timeout",
+        type=positive_float,
+        metavar="S",
+        default=60.0,
+        help="seconds a partition's committed offset may stand still while messages wait before /readyz "
+        "fails (60)",
+    )
+    ops.add_argument(
+        "--processes",
+        type=positive_int,
+        metavar="N",
+        default=1,
+        help="consumer processes in the group, for CPU-bound handlers (Kafka only; 1)",
+    )
+    ops.add_argument("--process-index", type=non_negative_int, help=argparse.SUPPRESS)  # set by --processes
     kafka = parser.add_argument_group("Kafka (without --bootstrap-servers: the memory source)")
     kafka.add_argument("--bootstrap-servers", metavar="HOST:PORT[,...]", help="Kafka brokers to consume from")
-    kafka.add_argument("--topic", action="append", default=[], help="topic to consume (repeatable)")
+    kafka.add_argument("--topic", action=ReplaceAppend, default=[], help="topic to consume (repeatable)")
     kafka.add_argument("--group", default="fastconsumer", help="consumer group (fastconsumer)")
     kafka.add_argument(
         "-X",
@@ -242,6 +300,10 @@ def build_policy(args: argparse.Namespace) -> str | DeadLetter:
 
 def build_consumer(args: argparse.Namespace) -> Consumer:
     handler = load_handler(args.handler) if args.handler else make_handler(args.latency_ms)
+    if args.metrics_port is not None:
+        from fastconsumer import metrics
+
+        handler = metrics.timed(handler)  # the handler latency histogram
     on_error = build_policy(args)
     if args.retry_backoff_ms > args.retry_backoff_max_ms:
         raise ConfigError("--retry-backoff-ms must not exceed --retry-backoff-max-ms")
@@ -284,7 +346,10 @@ async def run(consumer: Consumer, args: argparse.Namespace, err: TextIO) -> Summ
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
     progress = Progress(consumer, err)
-    ticker = loop.create_task(progress.run())
+    if args.log_format == "json" or args.process_index is not None:
+        ticker = loop.create_task(log_progress(progress))  # lines through logging, never a live line
+    else:
+        ticker = loop.create_task(progress.run())
     try:
         return await consumer.run()
     finally:
@@ -292,16 +357,73 @@ async def run(consumer: Consumer, args: argparse.Namespace, err: TextIO) -> Summ
         progress.clear()
 
 
-def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+async def log_progress(progress: Progress) -> None:
+    last = progress.consumer.processed
+    while True:
+        await asyncio.sleep(LOG_EVERY)
+        now = progress.consumer.processed
+        log.info("%s", progress.line((now - last) / LOG_EVERY))
+        last = now
+
+
+def parse(argv: list[str], environ: dict[str, str]) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """Flags over the --config file over FASTCONSUMER_* variables over the defaults."""
     parser = build_parser()
-    apply_environment(parser, dict(os.environ))
+    apply_environment(parser, environ)
     args = parser.parse_args(argv)  # exits 2 with one line on bad usage
-    logging.basicConfig(stream=err, level=logging.INFO, format="fastconsumer: %(message)s")
+    if args.config_file:  # the file's settings become defaults: then only a flag overrides them
+        try:
+            parser.set_defaults(**config_file.load(args.config_file, parser))
+        except config_file.FileError as exc:
+            parser.error(str(exc))
+        args = parser.parse_args(argv)
+    return parser, args
+
+
+def watch_parent(consumer: Consumer) -> None:
+    """Under --processes: stop gracefully when the parent's end of stdin closes (the parent died)."""
+
+    def wait() -> None:
+        try:
+            while os.read(0, 65536):  # the raw descriptor: a buffered reader's lock would hold up the exit
+                pass
+        except OSError:
+            pass
+        consumer.request_stop()
+
+    threading.Thread(target=wait, name="fastconsumer-parent", daemon=True).start()
+
+
+def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, args = parse(argv, dict(os.environ))
+    logs.configure(err, args.log_level, args.log_format, args.process_index)
+    server = None
     try:
+        if args.processes > 1 and not args.bootstrap_servers:
+            raise ConfigError(
+                "--processes needs --bootstrap-servers (with the memory source each process would consume "
+                "its own log)"
+            )
+        # Under --processes too: bad input is one line here, not one per process.
         consumer = build_consumer(args)
+        if args.processes > 1:
+            from fastconsumer import processes
+
+            return processes.run(argv, args, out)
         loop = new_event_loop(args.loop)
+        if args.metrics_port is not None:
+            from fastconsumer import metrics
+
+            server = metrics.serve(
+                consumer, args.metrics_port, args.metrics_host, stall_timeout=args.stall_timeout
+            )
     except ConfigError as exc:
         parser.exit(EXIT_USAGE, f"fastconsumer: error: {exc}\n")
+    if args.process_index is not None:
+        if server is not None:
+            emit(out, json.dumps({"metrics": server.url}))
+        watch_parent(consumer)
     code = EXIT_OK
     try:
         loop.run_until_complete(run(consumer, args, err))
@@ -316,11 +438,19 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = 
         code = EXIT_FAILED
     finally:
         loop.close()
+        if server is not None:
+            server.close()
     summary = consumer.summary
     if summary is not None and code != EXIT_USAGE:
-        if args.json:
-            out.write(json.dumps(summary.to_dict()) + "\n")
-        else:
-            out.write(format_summary(summary) + "\n")
-        out.flush()
+        emit(out, json.dumps(summary.to_dict()) if args.json else format_summary(summary))
     return code
+
+
+def emit(out: TextIO, line: str) -> None:
+    """A line on stdout; a reader that went away (a dead --processes parent, ``| head``) is no error."""
+    try:
+        out.write(line + "\n")
+        out.flush()
+    except BrokenPipeError:
+        if out is sys.stdout:  # nor is the flush at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

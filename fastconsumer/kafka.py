@@ -8,9 +8,12 @@ talks to it through a command queue.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +21,7 @@ from confluent_kafka import Consumer as KafkaConsumer
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from fastconsumer.errors import ConfigError
+from fastconsumer.histogram import Histogram
 from fastconsumer.source import SourceListener
 
 log = logging.getLogger("fastconsumer.kafka")
@@ -45,6 +49,10 @@ DEFAULTS = {
     # librdkafka's default backoff stalls a fast consumer whose fetch queue ran dry for 1 s at a time.
     "fetch.queue.backoff.ms": 10,
 }
+
+
+# What _on_stats keeps of each partition's statistics.
+STATS_KEPT = ("hi_offset", "ls_offset", "lo_offset", "committed_offset", "consumer_lag", "fetchq_cnt")
 
 
 class SourceError(RuntimeError):
@@ -101,9 +109,26 @@ class KafkaSource:
         self._assignment: set[tuple[str, int]] = set()
         self._eof: set[tuple[str, int]] = set()
         self._held: list[Message] = []  # fetched while nobody asked: handed out first next time
+        self._gone: set[tuple[str, int]] = set()  # revoked or lost during the current fetch
         self._paused = False
         self._reassigned = False
         self._failure: BaseException | None = None  # why the consumer thread died
+        # For metrics (fastconsumer.metrics), all written on the consumer thread:
+        self.commits = 0  # commits the broker acknowledged, asynchronous and synchronous
+        self.commit_latency = Histogram()  # seconds from sending a commit to its result
+        self._commits_sent: deque[float] = deque()  # when each asynchronous commit in flight was sent
+        # librdkafka's statistics of each assigned partition (hi_offset, ls_offset, committed_offset,
+        # consumer_lag, ...), replaced every statistics.interval.ms; see enable_statistics()
+        self.partition_stats: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def enable_statistics(self, interval_ms: int = 5000) -> None:
+        """Have librdkafka report statistics (watermarks, for the consumer lag) every ``interval_ms``, unless
+        ``statistics.interval.ms`` is configured already. Before ``open()``."""
+        self.config.setdefault("statistics.interval.ms", interval_ms)
+
+    def assignment(self) -> set[tuple[str, int]]:
+        """The partitions assigned to this member now."""
+        return set(self._assignment)
 
     def describe(self) -> str:
         return f"Kafka at {self.bootstrap_servers}, topics {', '.join(self.topics)}, group {self.group}"
@@ -152,10 +177,10 @@ class KafkaSource:
         loop = self._loop
         assert loop is not None
         try:
-            consumer = self._consumer = KafkaConsumer(
-                {**self.config, "on_commit": self._on_commit, "error_cb": self._on_error},
-                logger=librdkafka_log,
-            )
+            callbacks: dict[str, Any] = {"on_commit": self._on_commit, "error_cb": self._on_error}
+            if int(self.config.get("statistics.interval.ms") or 0) > 0:
+                callbacks["stats_cb"] = self._on_stats
+            consumer = self._consumer = KafkaConsumer({**self.config, **callbacks}, logger=librdkafka_log)
         except (KafkaException, ValueError, TypeError) as exc:
             _resolve(loop, opened, ConfigError(f"invalid Kafka configuration: {_reason(exc)}"), error=True)
             return
@@ -222,19 +247,30 @@ class KafkaSource:
             self._set_paused(consumer, False)
             messages, self._held = self._held[:wanted], self._held[wanted:]
             if len(messages) < wanted:
-                messages.extend(self._consume(consumer, wanted - len(messages)))
+                self._gone = set()
+                fresh = self._consume(consumer, wanted - len(messages))
+                if self._gone:  # held messages of partitions revoked meanwhile belong to the next owner
+                    messages = [m for m in messages if (m.topic(), m.partition()) not in self._gone]
+                messages.extend(fresh)  # fetched after the rebalance: from the partitions owned now
             _resolve(loop, fut, messages)
             # Fetch the next batch while the loop handles this one (librdkafka waits without the GIL).
             prefetch = min(prefetch, wanted) - len(self._held)
             if prefetch > 0 and self._commands.empty():
                 self._held.extend(self._consume(consumer, prefetch, timeout=0))
         elif command == "commit":
+            # A commit queued while a revoke was under way must not move a partition that left: its
+            # synchronous commit on revoke is the newer one.
+            arg = [tp for tp in arg if (tp.topic, tp.partition) in self._assignment]
+            if not arg:
+                return
+            self._commits_sent.append(time.monotonic())
             try:
                 consumer.commit(offsets=arg, asynchronous=True)
             except KafkaException as exc:
+                self._commits_sent.pop()  # no callback follows
                 loop.call_soon_threadsafe(self._listener.on_commit, arg, exc)  # type: ignore[union-attr]
         elif command == "commit_sync":
-            consumer.commit(offsets=arg, asynchronous=False)
+            self._commit_sync(consumer, arg)
             _resolve(loop, fut, None)
         elif command == "close":
             try:
@@ -242,12 +278,21 @@ class KafkaSource:
             finally:
                 _resolve(loop, fut, None)
 
+    def _commit_sync(self, consumer: KafkaConsumer, offsets: list[TopicPartition]) -> None:
+        """Commit and wait, timed; librdkafka calls no on_commit for a synchronous commit."""
+        started = time.monotonic()
+        consumer.commit(offsets=offsets, asynchronous=False)
+        self.commit_latency.observe(time.monotonic() - started)
+        self.commits += 1
+
     def _consume(self, consumer: KafkaConsumer, n: int, timeout: float | None = None) -> list[Message]:
         batch = consumer.consume(num_messages=n, timeout=self.poll_timeout if timeout is None else timeout)
         if self._reassigned:
+            # librdkafka keeps a partition's pause across a revoke and a new assignment: set it afresh.
             self._reassigned = False
-            if self._paused:
-                consumer.pause(consumer.assignment())
+            assignment = consumer.assignment()
+            if assignment:
+                consumer.pause(assignment) if self._paused else consumer.resume(assignment)
         out = batch
         eof = self._eof
         for msg in batch:
@@ -303,6 +348,7 @@ class KafkaSource:
         self.rebalances += 1
         keys = {(tp.topic, tp.partition) for tp in partitions}
         self._held = [m for m in self._held if (m.topic(), m.partition()) not in keys]
+        self._gone |= keys
         self._assignment -= keys
         self._eof -= keys
         if self._listener is None:
@@ -310,7 +356,7 @@ class KafkaSource:
         offsets = self._call_engine(self._listener.on_revoke, partitions)
         if offsets:
             try:
-                consumer.commit(offsets=offsets, asynchronous=False)
+                self._commit_sync(consumer, offsets)
             except KafkaException as exc:
                 log.warning("commit on revoke failed; those messages will be delivered again: %s", exc)
         log.info("revoked %s", _names(partitions))
@@ -319,6 +365,7 @@ class KafkaSource:
         self.rebalances += 1
         keys = {(tp.topic, tp.partition) for tp in partitions}
         self._held = [m for m in self._held if (m.topic(), m.partition()) not in keys]
+        self._gone |= keys
         self._assignment -= keys
         self._eof -= keys
         if self._listener is not None:
@@ -326,10 +373,30 @@ class KafkaSource:
         log.warning("lost %s: dropped without committing", _names(partitions))
 
     def _on_commit(self, error: KafkaError | None, offsets: list[TopicPartition]) -> None:
+        if self._commits_sent:  # results come in the order the commits were sent
+            self.commit_latency.observe(time.monotonic() - self._commits_sent.popleft())
+        if error is None:
+            self.commits += 1
         if self._listener is None or self._loop is None:
             return
         exc = KafkaException(error) if error is not None else None
         self._loop.call_soon_threadsafe(self._listener.on_commit, offsets, exc)
+
+    def _on_stats(self, raw: str) -> None:
+        """librdkafka's statistics (JSON), every statistics.interval.ms: keep those of the assigned
+        partitions, whose watermarks give the consumer lag."""
+        try:
+            topics = json.loads(raw).get("topics") or {}
+        except ValueError:
+            return
+        assignment = self._assignment
+        kept = {}
+        for topic, tstats in topics.items():
+            for partition, pstats in (tstats.get("partitions") or {}).items():
+                key = (topic, int(partition))
+                if key in assignment:
+                    kept[key] = {name: pstats.get(name) for name in STATS_KEPT}
+        self.partition_stats = kept
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -353,7 +420,10 @@ def _validate(config: dict[str, Any]) -> None:
     """librdkafka checks every property when a client is made: make one now, before anything runs, so a
     typo is one clear line and exit 2 rather than a failure later."""
     try:
-        KafkaConsumer({**config, "group.id": config.get("group.id") or "validate"}).close()
+        # Its log (with -X debug=...) goes through logging like the real consumer's, not straight to stderr.
+        KafkaConsumer(
+            {**config, "group.id": config.get("group.id") or "validate"}, logger=librdkafka_log
+        ).close()
     except (KafkaException, ValueError, TypeError) as exc:
         raise ConfigError(f"invalid Kafka consumer property: {_reason(exc)}") from None
 
