@@ -110,6 +110,7 @@ class KafkaSource:
         self._eof: set[tuple[str, int]] = set()
         self._held: list[Message] = []  # fetched while nobody asked: handed out first next time
         self._gone: set[tuple[str, int]] = set()  # revoked or lost during the current fetch
+        self._ahead = 0  # how many messages the engine's cap lets this thread hold for its next fetch
         self._paused = False
         self._reassigned = False
         self._failure: BaseException | None = None  # why the consumer thread died
@@ -222,10 +223,16 @@ class KafkaSource:
             try:
                 command, arg, fut = commands.get(timeout=self.poll_timeout)
             except queue.Empty:
-                # Nobody wants messages (the engine is at its cap): pause, but keep polling so the member
-                # stays in the group and rebalances are served.
-                self._set_paused(consumer, True)
-                self._held.extend(self._consume(consumer, 1000))
+                room = self._ahead - len(self._held)
+                if room > 0:
+                    # The engine is busy, not full: keep fetching ahead, within what its cap allowed.
+                    self._set_paused(consumer, False)
+                    self._held.extend(self._consume(consumer, room))
+                else:
+                    # The engine is at its cap: pause, but keep polling so the member stays in the group
+                    # and rebalances are served.
+                    self._set_paused(consumer, True)
+                    self._held.extend(self._consume(consumer, 1000))
                 continue
             try:
                 self._apply(consumer, command, arg, fut)
@@ -254,7 +261,8 @@ class KafkaSource:
                 messages.extend(fresh)  # fetched after the rebalance: from the partitions owned now
             _resolve(loop, fut, messages)
             # Fetch the next batch while the loop handles this one (librdkafka waits without the GIL).
-            prefetch = min(prefetch, wanted) - len(self._held)
+            self._ahead = min(prefetch, wanted)
+            prefetch = self._ahead - len(self._held)
             if prefetch > 0 and self._commands.empty():
                 self._held.extend(self._consume(consumer, prefetch, timeout=0))
         elif command == "commit":
