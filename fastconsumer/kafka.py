@@ -352,13 +352,17 @@ class KafkaSource:
         self._reassigned = True
         log.info("assigned %s", _names(partitions))
 
-    def _on_revoke(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        """Partitions that left: none of their held messages may reach the engine any more."""
         self.rebalances += 1
         keys = {(tp.topic, tp.partition) for tp in partitions}
         self._held = [m for m in self._held if (m.topic(), m.partition()) not in keys]
         self._gone |= keys
         self._assignment -= keys
         self._eof -= keys
+
+    def _on_revoke(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
+        self._forget(partitions)
         if self._listener is None:
             return
         offsets = self._call_engine(self._listener.on_revoke, partitions)
@@ -370,12 +374,7 @@ class KafkaSource:
         log.info("revoked %s", _names(partitions))
 
     def _on_lost(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
-        self.rebalances += 1
-        keys = {(tp.topic, tp.partition) for tp in partitions}
-        self._held = [m for m in self._held if (m.topic(), m.partition()) not in keys]
-        self._gone |= keys
-        self._assignment -= keys
-        self._eof -= keys
+        self._forget(partitions)
         if self._listener is not None:
             self._call_engine(_as_coroutine(self._listener.on_lost), partitions)
         log.warning("lost %s: dropped without committing", _names(partitions))
