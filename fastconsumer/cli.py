@@ -15,6 +15,14 @@ import threading
 from typing import Any, TextIO
 
 from fastconsumer import config_file, logs
+from fastconsumer.arguments import (
+    EXIT_USAGE,
+    Parser,
+    int_at_least,
+    kafka_property,
+    non_negative_float,
+    positive_float,
+)
 from fastconsumer.consumer import Consumer, Summary
 from fastconsumer.demo import make_handler
 from fastconsumer.errors import ConfigError, HandlerError
@@ -27,52 +35,11 @@ from fastconsumer.source import Source
 
 log = logging.getLogger("fastconsumer")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED = 0, 1
 
 
-def integer(text: str, minimum: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    return integer(text, 1)
-
-
-def non_negative_int(text: str) -> int:
-    return integer(text, 0)
-
-
-def number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-
-
-def positive_float(text: str) -> float:
-    value = number(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = number(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        """One line, not the whole usage block: the line names the flag to fix."""
-        self.exit(EXIT_USAGE, f"fastconsumer: error: {message} (see --help)\n")
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
 
 
 def port_number(text: str) -> int:
@@ -93,13 +60,6 @@ class ReplaceAppend(argparse._AppendAction):
         if getattr(namespace, self.dest, None) is self.default:
             setattr(namespace, self.dest, [])
         super().__call__(parser, namespace, values, option_string)
-
-
-def kafka_property(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), value
 
 
 def apply_environment(parser: argparse.ArgumentParser, environ: dict[str, str]) -> None:
@@ -127,6 +87,7 @@ def apply_environment(parser: argparse.ArgumentParser, environ: dict[str, str]) 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
+        label="fastconsumer",
         prog="python -m fastconsumer",
         description="Consume messages with a concurrent asyncio handler; Ctrl-C stops gracefully.",
     )

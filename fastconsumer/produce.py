@@ -20,16 +20,18 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, NoReturn, TextIO
+from typing import Any, TextIO
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+
+from fastconsumer.arguments import Parser, int_at_least, kafka_property
 
 __all__ = ["DEFAULT_CONFIG", "ProduceError", "message_value", "produce"]
 
 log = logging.getLogger("fastconsumer.produce")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED = 0, 1
 
 #: Producer settings for throughput; ``config`` (``-X``) overrides them. acks stays librdkafka's default, all.
 #: Measured on the local broker of dev/broker.py (2 CPUs shared with it), 1,000,000 messages of 100 bytes
@@ -317,32 +319,6 @@ def _send_when_room(producer: Producer, topic: str, value: bytes, key: bytes | N
 # --------------------------------------------------------------------------------------------------
 
 
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def _setting(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), value
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        """One line, not the whole usage block: the line names the flag to fix."""
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> Parser:
     parser = Parser(
         prog="python -m fastconsumer.produce",
@@ -350,17 +326,17 @@ def build_parser() -> Parser:
     )
     parser.add_argument("--bootstrap-servers", required=True, metavar="HOST:PORT", help="Kafka to write to")
     parser.add_argument("--topic", required=True, help="topic to write to")
-    parser.add_argument("--count", type=_int_at_least(1), default=100, help="messages to produce (100)")
-    parser.add_argument("--start", type=_int_at_least(0), default=0, help="i of the first message (0)")
+    parser.add_argument("--count", type=int_at_least(1), default=100, help="messages to produce (100)")
+    parser.add_argument("--start", type=int_at_least(0), default=0, help="i of the first message (0)")
     parser.add_argument(
-        "--size", type=_int_at_least(1), metavar="N", help='pad each value to exactly N bytes (a "pad" field)'
+        "--size", type=int_at_least(1), metavar="N", help='pad each value to exactly N bytes (a "pad" field)'
     )
     parser.add_argument(
-        "--keys", type=_int_at_least(0), default=0, metavar="K", help="keys key-<i %% K>; 0: no keys (0)"
+        "--keys", type=int_at_least(0), default=0, metavar="K", help="keys key-<i %% K>; 0: no keys (0)"
     )
     parser.add_argument(
         "--partitions",
-        type=_int_at_least(1),
+        type=int_at_least(1),
         metavar="P",
         help="create the topic with P partitions if it does not exist",
     )
@@ -368,7 +344,7 @@ def build_parser() -> Parser:
         "-X",
         dest="config",
         action="append",
-        type=_setting,
+        type=kafka_property,
         default=[],
         metavar="KEY=VALUE",
         help="librdkafka producer property, e.g. -X compression.type=none (repeatable)",

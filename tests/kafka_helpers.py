@@ -7,6 +7,8 @@ behind its long-polling fetches and take seconds.
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
 import time
 import uuid
@@ -153,3 +155,29 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 60.0) -> list[Messag
         return out
     finally:
         c.close()
+
+
+def start_cli(
+    bootstrap: str, topic: str, group: str, *args: str, env: dict | None = None
+) -> subprocess.Popen:
+    """``python -m fastconsumer`` on a topic, from the beginning, with stdout and stderr piped."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fastconsumer",
+            "--bootstrap-servers",
+            bootstrap,
+            "--topic",
+            topic,
+            "--group",
+            group,
+            "--from-beginning",
+            *args,
+        ],
+        cwd=BROKER_PY.parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )

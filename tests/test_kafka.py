@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,32 +11,14 @@ from pathlib import Path
 from fastconsumer import Consumer
 from fastconsumer.kafka import KafkaSource
 from fastconsumer.produce import produce
-from tests.kafka_helpers import committed_offsets, end_offsets
+from tests.kafka_helpers import committed_offsets, end_offsets, start_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def cli(bootstrap, topic, group, *args, record=None):
-    env = {**os.environ, "FASTCONSUMER_TEST_RECORD": str(record)} if record else None
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fastconsumer",
-            "--bootstrap-servers",
-            bootstrap,
-            "--topic",
-            topic,
-            "--group",
-            group,
-            "--from-beginning",
-            *args,
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
+    return start_cli(
+        bootstrap, topic, group, *args, env={"FASTCONSUMER_TEST_RECORD": str(record)} if record else None
     )
 
 

@@ -3,42 +3,17 @@ the lag reaches 0; --processes 2 shares the partitions and stops on one SIGTERM;
 JSON like the others."""
 
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 from fastconsumer.produce import produce
 from tests.kafka_helpers import committed_offsets, end_offsets
+from tests.kafka_helpers import start_cli as cli
 from tests.test_operations import get, metrics_url, per_partition, scrape, value, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 60.0
-
-
-def cli(bootstrap, topic, group, *args, env=None):
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fastconsumer",
-            "--bootstrap-servers",
-            bootstrap,
-            "--topic",
-            topic,
-            "--group",
-            group,
-            "--from-beginning",
-            *args,
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def test_metrics_agree_with_the_summary_and_lag_reaches_zero(kafka_bootstrap, kafka_topic):
