@@ -73,19 +73,9 @@ class BenchTopic:
 @pytest.fixture(scope="session")
 def kafka_bootstrap():
     """``$FASTCONSUMER_TEST_BOOTSTRAP``, or a dev/broker.py LocalBroker for the session (stopped after it)."""
-    from tests.kafka_helpers import local_broker_module, wait_for_cluster
+    from tests.kafka_helpers import session_broker
 
-    external = os.environ.get("FASTCONSUMER_TEST_BOOTSTRAP")
-    if external:
-        wait_for_cluster(external)
-        yield external
-        return
-    broker = local_broker_module().LocalBroker()
-    broker.start()
-    try:
-        yield broker.bootstrap
-    finally:
-        broker.stop()
+    yield from session_broker()
 
 
 @pytest.fixture(scope="session")

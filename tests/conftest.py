@@ -34,19 +34,9 @@ def kafka_bootstrap():
     otherwise one ``dev/broker.py`` LocalBroker runs for the whole session. A broker that cannot start or
     be reached FAILS the tests that need it, never skips them: in CI a Kafka test that skips is a failure.
     """
-    from tests.kafka_helpers import local_broker_module, wait_for_cluster
+    from tests.kafka_helpers import session_broker
 
-    external = os.environ.get("FASTCONSUMER_TEST_BOOTSTRAP")
-    if external:
-        wait_for_cluster(external)
-        yield external
-        return
-    broker = local_broker_module().LocalBroker()
-    broker.start()  # raises BrokerError (no java, no jars, start-up failed): every Kafka test errors
-    try:
-        yield broker.bootstrap
-    finally:
-        broker.stop()
+    yield from session_broker()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -181,3 +182,19 @@ def start_cli(
         text=True,
         env={**os.environ, **(env or {})},
     )
+
+
+def session_broker() -> Iterator[str]:
+    """The bootstrap address for a session: ``$FASTCONSUMER_TEST_BOOTSTRAP`` if set, else a dev/broker.py
+    LocalBroker stopped afterwards. A broker that cannot start raises: tests error, never skip."""
+    external = os.environ.get("FASTCONSUMER_TEST_BOOTSTRAP")
+    if external:
+        wait_for_cluster(external)
+        yield external
+        return
+    broker = local_broker_module().LocalBroker()
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()

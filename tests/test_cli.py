@@ -110,6 +110,11 @@ def test_handler_failure_exits_1_naming_the_message():
         (["--from-beginning"], "need --bootstrap-servers"),
         (["--bootstrap-servers", "127.0.0.1:1"], "needs at least one --topic"),
         (["--bootstrap-servers", "127.0.0.1:1", "--topic", "t", "--count", "5"], "shape the memory source"),
+        (["--processes", "2"], "--processes needs --bootstrap-servers"),
+        (["--processes", "0"], "--processes: must be >= 1"),
+        (["--metrics-port", "70000"], "--metrics-port: must be a port number"),
+        (["--log-format", "xml"], "invalid choice: 'xml'"),
+        (["--stall-timeout", "0"], "--stall-timeout: must be > 0"),
     ],
 )
 def test_bad_usage_exits_2_with_one_line(args, message):
