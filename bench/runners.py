@@ -25,7 +25,7 @@ from typing import Any
 from confluent_kafka import Consumer as KafkaConsumer
 
 from fastconsumer import Consumer, Summary
-from fastconsumer.kafka import KafkaSource
+from fastconsumer.sources import KafkaSource
 from fastconsumer.loops import new_event_loop
 
 #: What fastconsumer sets (fastconsumer.kafka.DEFAULTS) and the ceiling and the librdkafka-based peers get
@@ -128,7 +128,7 @@ def fastconsumer_run(
 ) -> tuple[Run, Summary]:
     """A ``fastconsumer.Consumer`` with ``exit_at_end``, started on its own thread as an application would.
 
-    The handler is left alone (no clock in it): this thread looks at ``consumer.processed`` every ``POLL``
+    The handler is left alone (no clock in it): this thread looks at ``consumer.handled`` every ``POLL``
     seconds instead, so first and last are up to ``POLL`` late, and the stop is measured from the last look
     that saw every message handled.
     """
@@ -141,7 +141,7 @@ def fastconsumer_run(
     while summary is None:
         summary = consumer.join(POLL)
         now = time.monotonic()
-        n = consumer.processed
+        n = consumer.handled
         if n and not first:
             first = now
         if n >= total and not last:
@@ -150,9 +150,9 @@ def fastconsumer_run(
             consumer.stop()
             raise TimeoutError(f"fastconsumer: {n:,} of {total:,} messages after {TIMEOUT:g} s")
     ended = time.monotonic()
-    if summary.processed != total or summary.error:
-        raise AssertionError(f"fastconsumer handled {summary.processed:,} of {total:,}: {summary}")
-    return Run(summary.processed, started, first, last, ended), summary
+    if summary.handled != total or summary.error:
+        raise AssertionError(f"fastconsumer handled {summary.handled:,} of {total:,}: {summary}")
+    return Run(summary.handled, started, first, last, ended), summary
 
 
 def fastconsumer_first_message(bootstrap: str, topic: str) -> float:

@@ -1,9 +1,9 @@
 """fastconsumer: a Cython-accelerated, high-throughput, at-least-once Kafka consumer for asyncio."""
 
-from fastconsumer.consumer import Consumer, Summary, batch
+from fastconsumer.engine import Consumer, Settings, Summary, batch
 from fastconsumer.core import core_impl
 from fastconsumer.errors import ConfigError, HandlerError
-from fastconsumer.memory import MemoryLog, MemorySource
+from fastconsumer.sources import KafkaSource, MemoryLog, MemorySource
 
 __all__ = [
     "ConfigError",

@@ -23,15 +23,15 @@ from fastconsumer.arguments import (
     non_negative_float,
     positive_float,
 )
-from fastconsumer.consumer import Consumer, Summary
+from fastconsumer.engine import Consumer, Summary
 from fastconsumer.demo import make_handler
 from fastconsumer.errors import ConfigError, HandlerError
-from fastconsumer.kafka import KafkaSource
+from fastconsumer.sources import KafkaSource
 from fastconsumer.loops import LOOPS, new_event_loop
-from fastconsumer.memory import MemoryLog, MemorySource
+from fastconsumer.sources import MemoryLog, MemorySource
 from fastconsumer.policy import DeadLetter
 from fastconsumer.progress import LOG_EVERY, Progress, format_summary
-from fastconsumer.source import Source
+from fastconsumer.sources import Source
 
 log = logging.getLogger("fastconsumer")
 
@@ -318,10 +318,10 @@ async def run(consumer: Consumer, args: argparse.Namespace, err: TextIO) -> Summ
 
 
 async def log_progress(progress: Progress) -> None:
-    last = progress.consumer.processed
+    last = progress.consumer.stats.handled
     while True:
         await asyncio.sleep(LOG_EVERY)
-        now = progress.consumer.processed
+        now = progress.consumer.stats.handled
         log.info("%s", progress.line((now - last) / LOG_EVERY))
         last = now
 

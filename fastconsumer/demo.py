@@ -7,7 +7,7 @@ import json
 
 from confluent_kafka import Message
 
-from fastconsumer.consumer import Handler
+from fastconsumer.engine import Handler
 
 
 def make_handler(latency_ms: float = 1.0) -> Handler:

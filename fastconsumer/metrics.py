@@ -144,7 +144,7 @@ class Watch:
         memory = getattr(source, "log", None)
         if memory is not None and hasattr(memory, "partitions") and self.consumer.running:
             return {(memory.topic, p) for p in range(memory.partitions)}
-        return set(self.consumer.committed) if self.consumer.running else set()
+        return set(self.consumer.stats.committed) if self.consumer.running else set()
 
     def offsets(self) -> dict[Key, tuple[int | None, int | None]]:
         """``(start, end)`` of each partition where known: ``end`` the next offset to be written, ``start``
@@ -174,7 +174,7 @@ class Watch:
         committed offset last moved, counted only while messages wait past it (0 when caught up).
         """
         now = time.monotonic()
-        committed = dict(self.consumer.committed)
+        committed = dict(self.consumer.stats.committed)
         offsets = self.offsets()
         out = {}
         with self._lock:
@@ -226,18 +226,26 @@ class ConsumerCollector:
         c = self.consumer
         source = c.source
         for name, value, text in (
-            ("messages_consumed", c.consumed, "Messages fetched from the source."),
-            ("messages_handled", c.processed, "Messages whose handler finished (or that a policy let pass)."),
-            ("messages_failed", c.failed, "Messages whose handler failed after its last retry."),
-            ("messages_retried", c.retried, "Handler retries."),
-            ("messages_skipped", c.skipped, "Failed messages skipped by --on-error skip."),
-            ("messages_dead_lettered", c.dead_lettered, "Failed messages written to the dead-letter topic."),
-            ("messages_abandoned", c.abandoned, "Messages whose handler a stop abandoned."),
-            ("commit_failures", c.commit_failures, "Commits that failed (they are sent again)."),
+            ("messages_consumed", c.stats.consumed, "Messages fetched from the source."),
+            (
+                "messages_handled",
+                c.stats.handled,
+                "Messages whose handler finished (or that a policy let pass).",
+            ),
+            ("messages_failed", c.stats.failed, "Messages whose handler failed after its last retry."),
+            ("messages_retried", c.stats.retried, "Handler retries."),
+            ("messages_skipped", c.stats.skipped, "Failed messages skipped by --on-error skip."),
+            (
+                "messages_dead_lettered",
+                c.stats.dead_lettered,
+                "Failed messages written to the dead-letter topic.",
+            ),
+            ("messages_abandoned", c.stats.abandoned, "Messages whose handler a stop abandoned."),
+            ("commit_failures", c.stats.commit_failures, "Commits that failed (they are sent again)."),
         ):
             yield CounterMetricFamily(f"fastconsumer_{name}", text, value=value)
         yield GaugeMetricFamily(
-            "fastconsumer_messages_in_flight", "Handler calls running.", value=c.in_flight
+            "fastconsumer_messages_in_flight", "Handler calls running.", value=c.stats.in_flight
         )
         yield GaugeMetricFamily(
             "fastconsumer_messages_buffered", "Messages fetched, waiting for a handler.", value=c.buffered

@@ -26,14 +26,14 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from fastconsumer.consumer import Summary
+from fastconsumer.engine import Summary
 from fastconsumer.progress import format_summary
 
 log = logging.getLogger("fastconsumer")
 
 COUNTERS = (
     "consumed",
-    "processed",
+    "handled",
     "failed",
     "retried",
     "skipped",
@@ -114,7 +114,7 @@ def merge(summaries: list[dict[str, Any]], processes: int) -> dict[str, Any]:
     ]
     elapsed = max((float(s.get("elapsed_s") or 0.0) for s in summaries), default=0.0)
     merged["elapsed_s"] = elapsed
-    merged["rate"] = round(merged["processed"] / elapsed, 1) if elapsed > 0 else 0.0
+    merged["rate"] = round(merged["handled"] / elapsed, 1) if elapsed > 0 else 0.0
     errors = [s["error"] for s in summaries if s.get("error")]
     merged["error"] = "; ".join(errors) if errors else None
     merged["processes"] = processes

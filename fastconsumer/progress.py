@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TextIO
 
-from fastconsumer.consumer import Consumer, Summary
+from fastconsumer.engine import Consumer, Summary
 
 TTY_EVERY = 0.5  # seconds between redraws of the live line on a terminal
 LOG_EVERY = 10.0  # seconds between progress lines when stderr is a file or a pipe
@@ -20,18 +20,18 @@ class Progress:
 
     def line(self, rate: float) -> str:
         c = self.consumer
-        committed = sum(c.committed.values())
+        committed = sum(c.stats.committed.values())
         return (
-            f"{c.processed:,} handled  {rate:,.0f}/s  in flight {c.in_flight}  buffered {c.buffered}  "
-            f"committed {committed:,}  failed {c.failed}"
+            f"{c.stats.handled:,} handled  {rate:,.0f}/s  in flight {c.stats.in_flight}  buffered {c.buffered}  "
+            f"committed {committed:,}  failed {c.stats.failed}"
         )
 
     async def run(self) -> None:
         every = TTY_EVERY if self.tty else LOG_EVERY
-        last = self.consumer.processed
+        last = self.consumer.stats.handled
         while True:
             await asyncio.sleep(every)
-            now = self.consumer.processed
+            now = self.consumer.stats.handled
             text = self.line((now - last) / every)
             last = now
             if self.tty:
@@ -52,7 +52,7 @@ def format_summary(summary: Summary) -> str:
     committed = ", ".join(f"{c['topic']}[{c['partition']}]@{c['offset']}" for c in s.committed) or "nothing"
     abandoned = f", {s.abandoned:,} abandoned" if s.abandoned else ""
     lines = [
-        f"stopped after {s.elapsed_s:.1f} s: {s.consumed:,} consumed, {s.processed:,} handled "
+        f"stopped after {s.elapsed_s:.1f} s: {s.consumed:,} consumed, {s.handled:,} handled "
         f"({s.rate:,.0f}/s), {s.failed:,} failed{abandoned}",
         f"committed: {committed}",
     ]

@@ -58,7 +58,7 @@ def test_runs_exactly_concurrency_handlers_at_once_under_load(impl, ordering):
     log = MemoryLog(partitions=4, count=3000, keys=512)
     summary = run(Consumer(MemorySource(log), handler, concurrency=32, ordering=ordering, max_messages=3000))
     assert handler.peak == 32
-    assert summary.processed == 3000
+    assert summary.handled == 3000
     assert log.committed(GROUP) == {p: log.end_offset(p) for p in range(4)}
 
 
@@ -129,7 +129,7 @@ def test_stop_waits_for_started_handlers_and_commits_every_handled_message(impl)
     assert ten_started.wait(10)
     summary = consumer.stop()
     assert handler.running == 0
-    assert len(handler.finished) == len(handler.started) == summary.processed > 0
+    assert len(handler.finished) == len(handler.started) == summary.handled > 0
     # Every handled message, and nothing else, is committed: no gap, no duplicate on the next run.
     handled = offsets_by_partition(handler.finished)
     committed = log.committed(GROUP)
@@ -179,7 +179,7 @@ def test_the_error_policy_can_let_a_failed_message_pass(impl):
     handler = Recorder(work=0, fail_at=(0, 10))
     summary = run(Consumer(MemorySource(log), handler, on_error=skip, max_messages=199))
     assert [(m.partition(), m.offset()) for m in failed] == [(0, 10)]
-    assert summary.failed == 1 and summary.processed == 199
+    assert summary.failed == 1 and summary.handled == 199
     assert log.committed(GROUP) == {0: 100, 1: 100}
 
 
@@ -193,7 +193,7 @@ def test_batch_handler_gets_lists_in_key_order(impl):
 
     log = MemoryLog(partitions=2, count=5000, keys=0)  # null keys: one lane per partition
     summary = run(Consumer(MemorySource(log), handle, concurrency=4, batch_size=250, max_messages=5000))
-    assert summary.processed == 5000
+    assert summary.handled == 5000
     assert max(len(b) for b in batches) == 250
     got = offsets_by_partition(m for b in batches for m in b)
     assert got == {0: list(range(2500)), 1: list(range(2500))}
@@ -229,8 +229,8 @@ def test_async_context_manager_and_aclose(impl):
         return consumer.summary
 
     summary = asyncio.run(main())
-    assert handler.running == 0 and summary.processed == len(handler.finished) >= 200
-    assert sum(c["offset"] for c in summary.committed) == summary.processed
+    assert handler.running == 0 and summary.handled == len(handler.finished) >= 200
+    assert sum(c["offset"] for c in summary.committed) == summary.handled
 
 
 def test_run_until_aclose_from_another_task(impl):
@@ -251,7 +251,7 @@ def test_run_until_aclose_from_another_task(impl):
         return closed
 
     summary = asyncio.run(main())
-    assert summary.processed >= 51 and summary.error is None
+    assert summary.handled >= 51 and summary.error is None
 
 
 def test_abandon_does_not_wait_for_stuck_handlers_and_commits_only_what_completed(impl):

@@ -29,7 +29,7 @@ def test_retry_holds_its_key_while_other_keys_go_on(impl):
             MemorySource(log), handler, concurrency=4, retries=3, retry_backoff_ms=20, max_messages=40
         ).run()
     )
-    assert summary.processed == 40 and summary.failed == 0 and summary.retried == 2
+    assert summary.handled == 40 and summary.failed == 0 and summary.retried == 2
     recovered = events.index(("done", b"key-0", 0, 3))
     key0_next = events.index(("start", b"key-0", 2, 1))
     assert key0_next > recovered  # the key waited for its retries
@@ -47,7 +47,7 @@ def test_a_handler_that_times_out_is_a_failure_and_the_policy_decides(impl):
     summary = asyncio.run(
         Consumer(MemorySource(log), handler, handler_timeout=0.05, on_error="skip", exit_at_end=True).run()
     )
-    assert summary.skipped == 1 and summary.processed == 19
+    assert summary.skipped == 1 and summary.handled == 19
     assert log.committed(GROUP) == {0: 20}
 
 
@@ -173,8 +173,8 @@ def test_randomized_failures_never_commit_past_an_unresolved_message(impl, seed)
             assert committed.get(p, 0) <= o  # nothing at or above an unhandled message
     else:
         assert committed == {p: log.end_offset(p) for p in range(3)}
-        assert summary.processed == len(behaviour.handled)
-        assert summary.processed + summary.skipped + summary.dead_lettered == 600
+        assert summary.handled == len(behaviour.handled)
+        assert summary.handled + summary.skipped + summary.dead_lettered == 600
         assert len(recording.letters) == summary.skipped + summary.dead_lettered
 
 

@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 from fastconsumer import Consumer
-from fastconsumer.kafka import KafkaSource
+from fastconsumer.sources import KafkaSource
 from fastconsumer.produce import produce
 from tests.kafka_helpers import committed_offsets, end_offsets, start_cli
 
@@ -48,7 +48,7 @@ def test_end_to_end_every_message_once_in_key_order(kafka_bootstrap, kafka_topic
     summary = json.loads(out)
     handled = read_record(record)
     assert {(p, o) for p, o, _ in handled} == all_offsets(kafka_bootstrap, kafka_topic)
-    assert len(handled) == 5000 == summary["processed"]
+    assert len(handled) == 5000 == summary["handled"]
     assert committed_offsets(kafka_bootstrap, "e2e", kafka_topic) == end_offsets(kafka_bootstrap, kafka_topic)
     per_key = {}
     for _, o, key in handled:  # finish order; one at a time per key, so also start order
@@ -73,7 +73,7 @@ def test_stop_and_resume_loses_nothing_and_repeats_nothing(kafka_bootstrap, kafk
     )
     first.start()
     first_summary = first.join(timeout=60)
-    assert first_summary is not None and 1500 <= first_summary.processed < 4000
+    assert first_summary is not None and 1500 <= first_summary.handled < 4000
     second = Consumer(
         KafkaSource(kafka_bootstrap, [kafka_topic], "resume", from_beginning=True),
         handler,
@@ -111,7 +111,7 @@ def test_backpressure_holds_the_cap_and_keeps_the_member_in_the_group(kafka_boot
     )
     consumer.start()
     summary = consumer.join(timeout=120)
-    assert summary is not None and summary.processed == 600
+    assert summary is not None and summary.handled == 600
     assert peak_held <= cap
     assert consumer.consumed == 600  # fetched once each: never lost the assignment, never re-read
     assert source.rebalances == 2  # assigned once at the start, revoked once at the end

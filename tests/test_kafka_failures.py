@@ -10,7 +10,7 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from fastconsumer import Consumer
-from fastconsumer.kafka import KafkaSource
+from fastconsumer.sources import KafkaSource
 from fastconsumer.produce import produce
 from tests.kafka_helpers import (
     committed_offsets,
@@ -80,7 +80,7 @@ def test_dlq_holds_exactly_the_poison_messages_with_their_story(kafka_bootstrap,
     )
     assert code == 0, err
     summary = json.loads(out)
-    assert summary["dead_lettered"] == 100 and summary["processed"] == 900
+    assert summary["dead_lettered"] == 100 and summary["handled"] == 900
     letters = read_topic(kafka_bootstrap, dlq)
     indexes = sorted(int(json.loads(m.value())["foo"][3:]) for m in letters)
     assert indexes == list(range(3, 1000, 10))
@@ -112,7 +112,7 @@ def test_skip_counts_add_up_and_a_bad_payload_is_a_failure_not_a_crash(kafka_boo
     )
     assert code == 0, err
     summary = json.loads(out)
-    assert summary["skipped"] == 4 and summary["processed"] == 500 and summary["failed"] == 4
+    assert summary["skipped"] == 4 and summary["handled"] == 500 and summary["failed"] == 4
     assert "JSONDecodeError" in err
     assert committed_offsets(kafka_bootstrap, "skip", kafka_topic) == end_offsets(
         kafka_bootstrap, kafka_topic

@@ -54,14 +54,14 @@ def test_metrics_agree_with_the_summary_and_lag_reaches_zero(kafka_bootstrap, ka
     summary = json.loads(out)
     for name, key in [
         ("fastconsumer_messages_consumed_total", "consumed"),
-        ("fastconsumer_messages_handled_total", "processed"),
+        ("fastconsumer_messages_handled_total", "handled"),
         ("fastconsumer_messages_failed_total", "failed"),
         ("fastconsumer_messages_retried_total", "retried"),
         ("fastconsumer_messages_dead_lettered_total", "dead_lettered"),
         ("fastconsumer_commit_failures_total", "commit_failures"),
     ]:
         assert value(samples, name) == summary[key], name
-    assert summary["processed"] == 3000
+    assert summary["handled"] == 3000
     committed = {(c["topic"], c["partition"]): c["offset"] for c in summary["committed"]}
     assert per_partition(samples, "fastconsumer_committed_offset") == committed == ends
     assert committed_offsets(kafka_bootstrap, "metrics", kafka_topic) == end_offsets(
@@ -141,7 +141,7 @@ def test_two_processes_share_the_group_and_stop_together(kafka_bootstrap, kafka_
     assert "abandon" not in err.replace("again to abandon", "")
     summary = json.loads(out)  # one merged summary
     assert summary["processes"] == 2 and summary["error"] is None
-    assert summary["processed"] == sum(by_process) >= 4000
+    assert summary["handled"] == sum(by_process) >= 4000
     assert summary["failed"] == 0 and summary["abandoned"] == 0
     ends = end_offsets(kafka_bootstrap, kafka_topic)
     assert {c["partition"]: c["offset"] for c in summary["committed"]} == ends

@@ -241,7 +241,7 @@ def test_library_serve_reports_the_counters_and_probes():
         assert get(server.url + "/readyz")[0] == 503  # ... but not ready
         summary = consumer.start() or consumer.join(timeout=WAIT)
         samples = scrape(server.url)
-        assert value(samples, "fastconsumer_messages_handled_total") == summary.processed == 2000
+        assert value(samples, "fastconsumer_messages_handled_total") == summary.handled == 2000
         assert value(samples, "fastconsumer_messages_consumed_total") == 2000
         assert value(samples, "fastconsumer_handler_seconds_count") == 2000
         assert value(samples, "fastconsumer_handler_seconds_bucket", le="+Inf") == 2000
@@ -280,7 +280,7 @@ def test_healthz_fails_while_the_event_loop_is_blocked():
         wait_until(
             lambda: get(server.url + "/healthz")[0] == 200 or consumer.summary, "the loop to turn again"
         )
-        assert consumer.join(timeout=WAIT).processed == 100
+        assert consumer.join(timeout=WAIT).handled == 100
     finally:
         release.set()
         server.close()
@@ -334,19 +334,19 @@ def test_stuck_handler_shows_in_the_stall_gauge_and_flips_readyz(tmp_path):
 
 
 def test_merge_sums_counters_and_keeps_the_last_owners_offsets():
-    a = {"source": "kafka", "core": "cython", "consumed": 10, "processed": 9, "failed": 1, "elapsed_s": 2.0}
+    a = {"source": "kafka", "core": "cython", "consumed": 10, "handled": 9, "failed": 1, "elapsed_s": 2.0}
     a["committed"] = [
         {"topic": "t", "partition": 0, "offset": 5},
         {"topic": "t", "partition": 1, "offset": 3},
     ]
-    b = {"source": "kafka", "core": "cython", "consumed": 7, "processed": 7, "failed": 0, "elapsed_s": 4.0}
+    b = {"source": "kafka", "core": "cython", "consumed": 7, "handled": 7, "failed": 0, "elapsed_s": 4.0}
     b["committed"] = [
         {"topic": "t", "partition": 0, "offset": 8},
         {"topic": "t", "partition": 2, "offset": 1},
     ]
     b["error"] = "boom"
     merged = processes.merge([a, b], 2)
-    assert merged["consumed"] == 17 and merged["processed"] == 16 and merged["failed"] == 1
+    assert merged["consumed"] == 17 and merged["handled"] == 16 and merged["failed"] == 1
     assert merged["committed"] == [
         {"topic": "t", "partition": 0, "offset": 8},
         {"topic": "t", "partition": 1, "offset": 3},

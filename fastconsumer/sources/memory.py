@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from confluent_kafka import Message, TopicPartition
 
-from fastconsumer.source import SourceListener
+from fastconsumer.sources.base import SourceListener
 
 TIMESTAMP_CREATE_TIME = 1
 

@@ -22,7 +22,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from fastconsumer.errors import ConfigError
 from fastconsumer.histogram import Histogram
-from fastconsumer.source import SourceListener
+from fastconsumer.sources.base import SourceListener
 
 log = logging.getLogger("fastconsumer.kafka")
 librdkafka_log = logging.getLogger("fastconsumer.librdkafka")

@@ -11,7 +11,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaException, Message, TopicPartition
@@ -19,7 +18,9 @@ from confluent_kafka import KafkaException, Message, TopicPartition
 from fastconsumer import core, policy
 from fastconsumer.errors import ConfigError, HandlerError, HandlerTimeout
 from fastconsumer.loops import loop_name, new_event_loop
-from fastconsumer.source import Source
+from fastconsumer.engine.settings import Settings
+from fastconsumer.engine.stats import Stats, Summary
+from fastconsumer.sources.base import Source
 
 log = logging.getLogger("fastconsumer")
 
@@ -43,29 +44,6 @@ def is_batch_handler(handler: Any) -> bool:
 
 def _is_coroutine_function(obj: Any) -> bool:
     return inspect.iscoroutinefunction(obj) or inspect.iscoroutinefunction(getattr(obj, "__call__", None))  # noqa: B004
-
-
-@dataclass
-class Summary:
-    """What a run did; ``committed`` is what the group's offsets were left at."""
-
-    source: str
-    core: str
-    consumed: int
-    processed: int
-    failed: int
-    retried: int
-    skipped: int
-    dead_lettered: int
-    abandoned: int
-    commit_failures: int
-    committed: list[dict] = field(default_factory=list)
-    elapsed_s: float = 0.0
-    rate: float = 0.0
-    error: str | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class Consumer:
@@ -96,28 +74,22 @@ class Consumer:
     ) -> None:
         if not _is_coroutine_function(handler):
             raise ConfigError(f"handler {_name(handler)} must be a coroutine function (async def)")
-        for name, value in (("concurrency", concurrency), ("batch_size", batch_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-        if max_buffered is None:
-            max_buffered = max(4 * batch_size, 4 * concurrency)
-        if max_buffered < batch_size:
-            raise ConfigError(f"max_buffered ({max_buffered}) must be >= batch_size ({batch_size})")
-        if commit_interval <= 0:
-            raise ConfigError(f"commit_interval must be > 0 seconds, got {commit_interval!r}")
-        if shutdown_timeout < 0:
-            raise ConfigError(f"shutdown_timeout must be >= 0 seconds, got {shutdown_timeout!r}")
-        if max_messages is not None and max_messages < 1:
-            raise ConfigError(f"max_messages must be >= 1, got {max_messages!r}")
-        if not isinstance(retries, int) or retries < 0:
-            raise ConfigError(f"retries must be an integer >= 0, got {retries!r}")
-        if not 0 < retry_backoff_ms <= retry_backoff_max_ms:
-            raise ConfigError(
-                f"retry backoff must satisfy 0 < retry_backoff_ms ({retry_backoff_ms}) "
-                f"<= retry_backoff_max_ms ({retry_backoff_max_ms})"
-            )
-        if handler_timeout is not None and handler_timeout <= 0:
-            raise ConfigError(f"handler_timeout must be > 0 seconds, got {handler_timeout!r}")
+        settings = Settings(
+            concurrency=concurrency,
+            ordering=ordering,
+            batch_size=batch_size,
+            max_buffered=max_buffered,
+            commit_interval=commit_interval,
+            shutdown_timeout=shutdown_timeout,
+            max_messages=max_messages,
+            exit_at_end=exit_at_end,
+            retries=retries,
+            retry_backoff_ms=retry_backoff_ms,
+            retry_backoff_max_ms=retry_backoff_max_ms,
+            handler_timeout=handler_timeout,
+        )
+        max_buffered = settings.cap
+        self.settings = settings
         if isinstance(on_error, str):
             on_error = policy.named(on_error)
         impl = core.impl
@@ -147,16 +119,7 @@ class Consumer:
         self.on_error = on_error
         self._call = handler if handler_timeout is None else _with_timeout(handler, handler_timeout)
 
-        self.consumed = 0
-        self.processed = 0
-        self.failed = 0
-        self.retried = 0
-        self.skipped = 0
-        self.dead_lettered = 0
-        self.abandoned = 0
-        self.in_flight = 0
-        self.committed: dict[tuple[str, int], int] = {}
-        self.commit_failures = 0
+        self.stats = Stats()
         self.error: BaseException | None = None
         self.summary: Summary | None = None
 
@@ -379,7 +342,7 @@ class Consumer:
         batch_size = self.batch_size
         cap = self.max_buffered
         while not self._stopping:
-            room = cap - len(scheduler) - self.in_flight
+            room = cap - len(scheduler) - self.stats.in_flight
             if room < batch_size:
                 self._space.clear()
                 self._space_wanted = True
@@ -397,7 +360,7 @@ class Consumer:
             self._at_end = False
             tracker.track_messages(messages)
             scheduler.extend(messages)
-            self.consumed += len(messages)
+            self.stats.consumed += len(messages)
             self._wake_idle(scheduler.ready())
 
     async def _wait_for_work(self) -> None:
@@ -413,26 +376,26 @@ class Consumer:
         return msg.offset() < self._fill_to.get((msg.topic(), msg.partition()), -1)  # type: ignore[union-attr]
 
     def _check_quiet(self) -> None:
-        if self.in_flight == 0 and (not self._dispatching or self._scheduler.ready() == 0):
+        if self.stats.in_flight == 0 and (not self._dispatching or self._scheduler.ready() == 0):
             self._quiet.set()
 
     def _after_handled(self) -> None:
         """What may follow a handled message, off the per-message path: ``_attention`` says when to look."""
-        if self._space_wanted and len(self._scheduler) + self.in_flight <= self._low_water:
+        if self._space_wanted and len(self._scheduler) + self.stats.in_flight <= self._low_water:
             self._space_wanted = False
             self._space.set()
         if self._revoking:
             self._revoked.set()
         if self._stopping:
             self._check_quiet()
-        elif self.processed >= self._stop_at:
+        elif self.stats.handled >= self._stop_at:
             self._begin_stop(False)
         elif self._at_end:
             self._end_if_all_handled()
         self._attention = self._space_wanted or self._stopping or self._at_end or bool(self._revoking)
 
     def _end_if_all_handled(self) -> None:
-        if self.in_flight == 0 and len(self._scheduler) == 0 and not self._stopping:
+        if self.stats.in_flight == 0 and len(self._scheduler) == 0 and not self._stopping:
             log.info("every assigned partition read to its end and handled; stopping")
             self._begin_stop(False)
 
@@ -451,10 +414,10 @@ class Consumer:
                 # The fast path: handlers that finish without suspending run to completion inside drive().
                 finished, pending = drive(scheduler, handler, YIELD_EVERY)
                 if pending is not None:
-                    self.in_flight += 1  # before any quiet check below: this one is still running
+                    self.stats.in_flight += 1  # before any quiet check below: this one is still running
                 if finished:
-                    self.processed += finished
-                    if self._attention or self.processed >= self._stop_at:
+                    self.stats.handled += finished
+                    if self._attention or self.stats.handled >= self._stop_at:
                         self._after_handled()
                 if pending is None:
                     if finished:
@@ -475,7 +438,7 @@ class Consumer:
                 if not self._fills_gap(msg):
                     continue
                 coro = first = None
-                self.in_flight += 1
+                self.stats.in_flight += 1
             try:
                 if coro is not None:
                     await resume(coro, first)
@@ -487,13 +450,13 @@ class Consumer:
             except Exception as exc:
                 handled = await self._recover([msg], exc, msg)
                 if handled < 0:
-                    self.in_flight -= 1
+                    self.stats.in_flight -= 1
                     self._check_quiet()
                     continue
-            self.in_flight -= 1
+            self.stats.in_flight -= 1
             scheduler.done(msg)
-            self.processed += handled
-            if self._attention or self.processed >= self._stop_at:
+            self.stats.handled += handled
+            if self._attention or self.stats.handled >= self._stop_at:
                 self._after_handled()
 
     async def _batch_worker(self) -> None:
@@ -510,19 +473,19 @@ class Consumer:
                 await self._wait_for_work()
                 continue
             n = len(messages)
-            self.in_flight += n
+            self.stats.in_flight += n
             try:
                 await handler(messages)
                 handled = n
             except Exception as exc:
                 handled = await self._recover(messages, exc, messages)
                 if handled < 0:
-                    self.in_flight -= n
+                    self.stats.in_flight -= n
                     self._check_quiet()
                     continue
-            self.in_flight -= n
+            self.stats.in_flight -= n
             scheduler.done_batch(messages)
-            self.processed += handled
+            self.stats.handled += handled
             self._after_handled()
             await asyncio.sleep(0)
 
@@ -549,7 +512,7 @@ class Consumer:
                 type(exc).__name__,
                 exc,
             )
-            self.retried += len(messages)
+            self.stats.retried += len(messages)
             if await self._stopped_within(delay):
                 return -1  # not handled, not failed: delivered again next time
             try:
@@ -558,7 +521,7 @@ class Consumer:
             except Exception as again:
                 exc = again
                 attempts += 1
-        self.failed += len(messages)
+        self.stats.failed += len(messages)
         try:
             done = await self.on_error(messages, exc, attempts)
         except Exception as policy_exc:  # a policy that fails cannot vouch for the message
@@ -568,9 +531,9 @@ class Consumer:
             exc, done = policy_exc, False
         if done:
             if getattr(self.on_error, "name", None) == "dlq":
-                self.dead_lettered += len(messages)
+                self.stats.dead_lettered += len(messages)
             else:
-                self.skipped += len(messages)
+                self.stats.skipped += len(messages)
             return 0
         # The lanes stay held and the offsets unacked: nothing at or after the failed message is committed.
         failed_at = self._failed_at
@@ -610,19 +573,19 @@ class Consumer:
 
     def on_commit(self, offsets: list[TopicPartition], error: KafkaException | None) -> None:
         if error is not None:
-            self.commit_failures += 1
+            self.stats.commit_failures += 1
             log.warning("asynchronous commit failed; sending it again with the next one: %s", error)
             for tp in offsets:
                 key = (tp.topic, tp.partition)
-                if tp.offset > self.committed.get(key, -1):
+                if tp.offset > self.stats.committed.get(key, -1):
                     self._recommit[key] = max(tp.offset, self._recommit.get(key, -1))
             return
         for tp in offsets:
-            self.committed[(tp.topic, tp.partition)] = tp.offset
+            self.stats.committed[(tp.topic, tp.partition)] = tp.offset
 
     async def _commit_sync(self, positions: list[tuple[str, int, int]], attempts: int = 5) -> None:
         """Commit and wait; a broker that is restarting gets a few tries with backoff before this fails."""
-        pending = [(t, p, o) for t, p, o in positions if self.committed.get((t, p)) != o]
+        pending = [(t, p, o) for t, p, o in positions if self.stats.committed.get((t, p)) != o]
         if not pending:
             return
         offsets = [TopicPartition(t, p, o) for t, p, o in pending]
@@ -631,13 +594,13 @@ class Consumer:
                 await self.source.commit_sync(offsets)
                 break
             except Exception as exc:
-                self.commit_failures += 1
+                self.stats.commit_failures += 1
                 if attempt == attempts:
                     raise
                 log.warning("final commit failed (attempt %d of %d), retrying: %s", attempt, attempts, exc)
                 await asyncio.sleep(0.5 * 2 ** (attempt - 1))
         for t, p, o in pending:
-            self.committed[(t, p)] = o
+            self.stats.committed[(t, p)] = o
 
     async def on_revoke(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
         """Stop dispatching the revoked partitions, let their running handlers finish (for at most
@@ -662,12 +625,12 @@ class Consumer:
         offsets = [
             TopicPartition(t, p, o)
             for t, p, o in self._tracker.positions()
-            if (t, p) in queued and self.committed.get((t, p)) != o
+            if (t, p) in queued and self.stats.committed.get((t, p)) != o
         ]
         for key in keys:
             self._tracker.drop(*key)
         for tp in offsets:  # the source commits them before it lets the partitions go
-            self.committed[(tp.topic, tp.partition)] = tp.offset
+            self.stats.committed[(tp.topic, tp.partition)] = tp.offset
         return offsets
 
     async def _until_handled(self, queued: dict[tuple[str, int], int]) -> None:
@@ -679,7 +642,7 @@ class Consumer:
         for tp in partitions:
             self._scheduler.drop(tp.topic, tp.partition)
             self._tracker.drop(tp.topic, tp.partition)
-            self.committed.pop((tp.topic, tp.partition), None)
+            self.stats.committed.pop((tp.topic, tp.partition), None)
 
     async def _drain(
         self, fetcher: asyncio.Task, committer: asyncio.Task, workers: list[asyncio.Task]
@@ -704,8 +667,10 @@ class Consumer:
         self._dispatching = False
         self._exit = True
         if not settled:
-            self.abandoned = self.in_flight
-            log.warning("abandoning %d running handler(s); their messages stay uncommitted", self.in_flight)
+            self.stats.abandoned = self.stats.in_flight
+            log.warning(
+                "abandoning %d running handler(s); their messages stay uncommitted", self.stats.in_flight
+            )
             for task in workers:
                 task.cancel()
         self._wake_idle(len(self._idle))
@@ -735,24 +700,8 @@ class Consumer:
         return self._quiet.is_set() and not self._abandon_event.is_set()
 
     def _summarize(self) -> Summary:
-        elapsed = self._elapsed
-        return Summary(
-            source=self.source.name,
-            core=self.core,
-            consumed=self.consumed,
-            processed=self.processed,
-            failed=self.failed,
-            retried=self.retried,
-            skipped=self.skipped,
-            dead_lettered=self.dead_lettered,
-            abandoned=self.abandoned,
-            commit_failures=self.commit_failures,
-            committed=[
-                {"topic": t, "partition": p, "offset": o} for (t, p), o in sorted(self.committed.items())
-            ],
-            elapsed_s=round(elapsed, 3),
-            rate=round(self.processed / elapsed, 1) if elapsed > 0 else 0.0,
-            error=str(self.error) if self.error is not None else None,
+        return Summary.of(
+            self.stats, source=self.source.name, core=self.core, elapsed=self._elapsed, error=self.error
         )
 
 

@@ -1,0 +1,76 @@
+"""What a run has done so far, as one object: the engine writes it, metrics and progress read it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fastconsumer.histogram import Histogram
+
+Partition = tuple[str, int]
+
+
+@dataclass(eq=False)
+class Stats:
+    """Counters of one run. Written on the consumer's event loop; plain reads from other threads see
+    values at most one update old."""
+
+    consumed: int = 0  # fetched from the source
+    handled: int = 0  # handler finished, or the error policy let them pass
+    failed: int = 0  # handler failed after its last retry
+    retried: int = 0
+    skipped: int = 0
+    dead_lettered: int = 0
+    abandoned: int = 0  # running when a stop stopped waiting for them
+    in_flight: int = 0  # handed to a handler and not finished
+    commit_failures: int = 0
+    #: The offset each partition's group offset was last committed at, from successful commits only.
+    committed: dict[Partition, int] = field(default_factory=dict)
+    #: Handler call durations (per batch for batch handlers); None unless asked for before the run starts.
+    handler_seconds: Histogram | None = None
+
+
+@dataclass
+class Summary:
+    """What a run did; ``committed`` is what the group's offsets were left at."""
+
+    source: str
+    core: str
+    consumed: int
+    handled: int
+    failed: int
+    retried: int
+    skipped: int
+    dead_lettered: int
+    abandoned: int
+    commit_failures: int
+    committed: list[dict[str, Any]] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    rate: float = 0.0
+    error: str | None = None
+
+    @classmethod
+    def of(
+        cls, stats: Stats, *, source: str, core: str, elapsed: float, error: BaseException | None
+    ) -> Summary:
+        return cls(
+            source=source,
+            core=core,
+            consumed=stats.consumed,
+            handled=stats.handled,
+            failed=stats.failed,
+            retried=stats.retried,
+            skipped=stats.skipped,
+            dead_lettered=stats.dead_lettered,
+            abandoned=stats.abandoned,
+            commit_failures=stats.commit_failures,
+            committed=[
+                {"topic": t, "partition": p, "offset": o} for (t, p), o in sorted(stats.committed.items())
+            ],
+            elapsed_s=round(elapsed, 3),
+            rate=round(stats.handled / elapsed, 1) if elapsed > 0 else 0.0,
+            error=str(error) if error is not None else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
