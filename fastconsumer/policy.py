@@ -1,10 +1,18 @@
-"""Error policies: what happens to a message whose handler still fails after its retries."""
+"""Error policies: what happens to a message whose handler still fails after its retries.
+
+A policy is ``async def policy(messages, error, attempts) -> Outcome``: ``Outcome.SKIPPED`` or
+``Outcome.DEAD_LETTERED`` count the messages as done (their offsets may be committed), ``Outcome.STOPPED``
+stops the consumer with them uncommitted, so they are delivered again on the next run. A policy that raises
+or returns anything else stops it too.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Union
 
 from confluent_kafka import KafkaException, Message, Producer
 
@@ -15,23 +23,58 @@ log = logging.getLogger("fastconsumer")
 HEADER_PREFIX = "fastconsumer."
 
 
-class ErrorPolicy(Protocol):
-    async def __call__(self, messages: list[Message], error: BaseException, attempts: int) -> bool:
-        """Return True when the messages count as done (their offsets may be committed), False to stop the
-        consumer with them uncommitted, so they are delivered again on the next run. Raising stops it too."""
-        ...
+class Outcome(enum.Enum):
+    """How a message that was handed to a handler ended."""
+
+    HANDLED = "handled"  # the handler finished (perhaps on a retry)
+    SKIPPED = "skipped"  # the policy let it pass
+    DEAD_LETTERED = "dead_lettered"  # the policy wrote it elsewhere
+    STOPPED = "stopped"  # the policy stopped the consumer: it stays uncommitted
+    INTERRUPTED = "interrupted"  # a stop came while it waited for a retry: it stays uncommitted
+
+    @property
+    def done(self) -> bool:
+        """Whether its offset may be committed."""
+        return self in _DONE
 
 
-class Stop:
+_DONE = frozenset((Outcome.HANDLED, Outcome.SKIPPED, Outcome.DEAD_LETTERED))
+POLICY_OUTCOMES = (Outcome.SKIPPED, Outcome.DEAD_LETTERED, Outcome.STOPPED)
+
+PolicyFunction = Callable[[list[Message], BaseException, int], Awaitable[Outcome]]
+
+
+class Policy:
+    """The base of the built-in policies: a call per failed message (or batch), and a close at the end."""
+
+    name = "policy"
+
+    async def __call__(self, messages: list[Message], error: BaseException, attempts: int) -> Outcome:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release what the policy holds (a producer); the consumer calls it once, when it stops."""
+
+
+class _Function(Policy):
+    def __init__(self, fn: PolicyFunction) -> None:
+        self.fn = fn
+        self.name = getattr(fn, "__qualname__", type(fn).__qualname__)
+
+    async def __call__(self, messages: list[Message], error: BaseException, attempts: int) -> Outcome:
+        return await self.fn(messages, error, attempts)
+
+
+class Stop(Policy):
     """The default: stop, commit everything below the failed message and nothing at or above it."""
 
     name = "stop"
 
-    async def __call__(self, messages: list[Message], error: BaseException, attempts: int) -> bool:
-        return False
+    async def __call__(self, messages: list[Message], error: BaseException, attempts: int) -> Outcome:
+        return Outcome.STOPPED
 
 
-class Skip:
+class Skip(Policy):
     """Log the message and go on past it: for messages that are worth less than the consumer's progress."""
 
     name = "skip"
@@ -47,14 +90,14 @@ class Skip:
                 type(error).__name__,
                 error,
             )
-        return True
+        return Outcome.SKIPPED
 
 
 class DeadLetterError(RuntimeError):
     """The dead-letter write was not acknowledged: the message stays uncommitted and the consumer stops."""
 
 
-class DeadLetter:
+class DeadLetter(Policy):
     """Write the message to a dead-letter topic, with its key, value and headers plus headers that name where
     it came from and why; its offset becomes committable only once the broker acknowledged the write."""
 
@@ -76,7 +119,7 @@ class DeadLetter:
                 raise ConfigError(f"invalid dead-letter producer configuration: {exc}") from None
         return self._producer
 
-    async def __call__(self, messages: list[Message], error: BaseException, attempts: int) -> bool:
+    async def __call__(self, messages: list[Message], error: BaseException, attempts: int) -> Outcome:
         producer = self._ensure_producer()
         failures: list[Any] = []
         delivered: list[bool] = []
@@ -105,18 +148,28 @@ class DeadLetter:
                 f"dead-letter write of {first.topic()}[{first.partition()}]@{first.offset()} "
                 f"to {self.topic!r} failed: {why}"
             )
-        return True
+        return Outcome.DEAD_LETTERED
 
     async def close(self) -> None:
         if self._producer is not None:
             await asyncio.to_thread(self._producer.flush, self.timeout)
 
 
-def named(name: str) -> ErrorPolicy:
-    if name == "stop":
-        return Stop()
-    if name == "skip":
-        return Skip()
-    if name == "dlq":
-        raise ConfigError("on_error='dlq' needs a topic: pass policy.DeadLetter(topic, producer_config)")
-    raise ConfigError(f"on_error must be 'stop', 'skip', 'dlq' or a policy; got {name!r}")
+def resolve(on_error: str | Policy | PolicyFunction) -> Policy:
+    """``"stop"``, ``"skip"``, a ``Policy`` or a policy function, as a ``Policy``."""
+    if isinstance(on_error, Policy):
+        return on_error
+    if isinstance(on_error, str):
+        if on_error == "stop":
+            return Stop()
+        if on_error == "skip":
+            return Skip()
+        if on_error == "dlq":
+            raise ConfigError("on_error='dlq' needs a topic: pass policy.DeadLetter(topic, producer_config)")
+        raise ConfigError(f"on_error must be 'stop', 'skip', 'dlq' or a policy; got {on_error!r}")
+    if not callable(on_error):
+        raise ConfigError(f"on_error must be 'stop', 'skip', a Policy or an async function; got {on_error!r}")
+    return _Function(on_error)
+
+
+ErrorPolicy = Union[str, Policy, PolicyFunction]

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from fastconsumer import ConfigError, Consumer, HandlerError, MemoryLog, MemorySource, batch
+from fastconsumer import ConfigError, Consumer, HandlerError, MemoryLog, MemorySource, Outcome, batch
 
 GROUP = "fastconsumer"
 
@@ -173,7 +173,7 @@ def test_the_error_policy_can_let_a_failed_message_pass(impl):
     async def skip(messages, error, attempts):
         assert attempts == 1 and isinstance(error, RuntimeError)
         failed.extend(messages)
-        return True
+        return Outcome.SKIPPED
 
     log = MemoryLog(partitions=2, count=200)
     handler = Recorder(work=0, fail_at=(0, 10))

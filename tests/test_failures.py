@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from fastconsumer import Consumer, HandlerError, MemoryLog, MemorySource
+from fastconsumer import Consumer, HandlerError, MemoryLog, MemorySource, Outcome
 
 GROUP = "fastconsumer"
 
@@ -131,7 +131,7 @@ class Recording:
 
     async def __call__(self, messages, error, attempts):
         self.letters.update((m.partition(), m.offset()) for m in messages)
-        return True
+        return Outcome.DEAD_LETTERED if self.name == "dlq" else Outcome.SKIPPED
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -1,6 +1,7 @@
 """The engine: fetches, schedules under an ordering, runs handlers, commits what is safe, stops cleanly."""
 
-from fastconsumer.engine.consumer import BatchHandler, Consumer, Handler, batch
+from fastconsumer.engine.consumer import Consumer
+from fastconsumer.engine.handler import BatchHandler, Handler, batch
 from fastconsumer.engine.settings import Settings
 from fastconsumer.engine.stats import Stats, Summary
 

@@ -1,49 +1,107 @@
-"""The contract between the engine and where messages come from (the memory log, Kafka)."""
+"""The contract between the engine and where messages come from, including what observability reads.
+
+A new source implements ``Source`` and passes ``tests/test_source_contract.py``; the engine, the metrics and
+the probes then work with it unchanged.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+import abc
+from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException, Message, TopicPartition
 
+from fastconsumer.histogram import Histogram
 
-class SourceListener(Protocol):
-    """What a source tells the engine. Called on the engine's event loop."""
+Partition = tuple[str, int]
 
+
+class SourceListener(abc.ABC):
+    """What a source tells the engine, on the engine's event loop."""
+
+    @abc.abstractmethod
     def on_commit(self, offsets: list[TopicPartition], error: KafkaException | None) -> None:
-        """An asynchronous commit finished (``error`` is None when it succeeded)."""
+        """A commit requested with ``Source.commit`` (or made for a revoke) finished; ``error`` is None when
+        it succeeded."""
 
+    @abc.abstractmethod
     async def on_revoke(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
         """Partitions are leaving: let their running handlers finish, forget them, and return the offsets
-        the source must commit for them before it lets them go."""
+        the source must commit for them (then report to ``on_commit``) before it lets them go."""
 
+    @abc.abstractmethod
     def on_lost(self, partitions: list[TopicPartition]) -> None:
         """Partitions are already gone: forget them without committing."""
 
 
-class Source(Protocol):
-    name: str
+@dataclass(frozen=True)
+class Watermarks:
+    """Where a partition's messages begin for a member without a committed offset (``start``: its
+    auto.offset.reset position) and the next offset to be written (``end``); None where unknown."""
 
+    start: int | None
+    end: int | None
+
+
+@dataclass(eq=False)
+class SourceStats:
+    """Counters a source keeps for metrics, written on the thread that talks to the broker."""
+
+    commits: int = 0  # commits the broker acknowledged
+    commit_latency: Histogram = field(default_factory=Histogram)  # seconds from a commit to its result
+    rebalances: int = 0  # assignments, revokes and losses
+
+
+class Source(abc.ABC):
+    """A consumer-group member's view of its partitions. All methods run on the engine's event loop, except
+    the observability ones (``assignment``, ``watermarks``, ``stats``), which a metrics scrape may call
+    from another thread: they only read."""
+
+    #: A short name for summaries and metrics: "memory", "kafka".
+    name: str = "source"
+
+    def __init__(self) -> None:
+        self.stats = SourceStats()
+
+    @abc.abstractmethod
     def describe(self) -> str:
         """Where messages come from, for people: "Kafka at host:9092, topics a, b, group g"."""
 
+    @abc.abstractmethod
     async def open(self, listener: SourceListener) -> None:
-        """Connect and subscribe; raise if that cannot happen."""
+        """Connect and subscribe; raise (``ConfigError`` for what the user must fix) if that cannot happen."""
 
+    @abc.abstractmethod
     async def fetch(self, max_messages: int, prefetch: int = 0) -> list[Message]:
-        """Up to ``max_messages`` messages, waiting a short while for some; may return an empty list.
+        """Up to ``max_messages`` messages in offset order per partition, waiting a short while for some;
+        may return an empty list. ``prefetch``: how many more the source may fetch ahead, for the next
+        call, without passing the engine's cap."""
 
-        ``prefetch``: how many more the source may fetch ahead, for the next call, without passing the
-        engine's cap."""
-
+    @abc.abstractmethod
     def commit(self, offsets: list[TopicPartition]) -> None:
         """Request an asynchronous commit; its result reaches ``listener.on_commit``."""
 
+    @abc.abstractmethod
     async def commit_sync(self, offsets: list[TopicPartition]) -> None:
         """Commit and wait for the result; raise if it failed."""
 
+    @abc.abstractmethod
     def at_end(self) -> bool:
         """True when every assigned partition has been fetched to its end."""
 
+    @abc.abstractmethod
     async def close(self) -> None:
         """Leave the group and release resources."""
+
+    # -- what observability reads
+
+    @abc.abstractmethod
+    def assignment(self) -> set[Partition]:
+        """The partitions this member owns now (none before ``open`` and after ``close``)."""
+
+    def watermarks(self) -> dict[Partition, Watermarks]:
+        """Per assigned partition where known, for the consumer lag; empty when the source cannot tell."""
+        return {}
+
+    def enable_statistics(self, interval_ms: int) -> None:
+        """Ask for what ``watermarks`` needs every ``interval_ms``, before ``open``; free sources ignore it."""

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from confluent_kafka import Message, TopicPartition
 
-from fastconsumer.sources.base import SourceListener
+from fastconsumer.sources.base import Partition, Source, SourceListener, Watermarks
 
 TIMESTAMP_CREATE_TIME = 1
 
@@ -113,12 +113,15 @@ class MemoryLog:
             committed[tp.partition] = tp.offset
 
 
-class MemorySource:
-    """A consumer-group member of a ``MemoryLog`` that owns all its partitions."""
+class MemorySource(Source):
+    """A consumer-group member of a ``MemoryLog`` that owns all its partitions while open."""
 
     name = "memory"
 
-    def __init__(self, log: MemoryLog | None = None, group: str = "fastconsumer", idle_wait: float = 0.05):
+    def __init__(
+        self, log: MemoryLog | None = None, group: str = "fastconsumer", idle_wait: float = 0.05
+    ) -> None:
+        super().__init__()
         self.log = log if log is not None else MemoryLog()
         self.group = group
         self.idle_wait = idle_wait
@@ -164,11 +167,13 @@ class MemorySource:
 
     def commit(self, offsets: list[TopicPartition]) -> None:
         self.log.commit(self.group, offsets)
+        self.stats.commits += 1
         assert self._loop is not None and self._listener is not None
         self._loop.call_soon(self._listener.on_commit, offsets, None)
 
     async def commit_sync(self, offsets: list[TopicPartition]) -> None:
         self.log.commit(self.group, offsets)
+        self.stats.commits += 1
 
     def at_end(self) -> bool:
         return all(
@@ -178,3 +183,15 @@ class MemorySource:
 
     async def close(self) -> None:
         self._listener = None
+
+    def assignment(self) -> set[Partition]:
+        if self._listener is None:
+            return set()
+        return {(self.log.topic, p) for p in range(self.log.partitions)}
+
+    def watermarks(self) -> dict[Partition, Watermarks]:
+        committed = self.log.committed(self.group)
+        return {
+            (topic, p): Watermarks(committed.get(p, 0), self.log.end_offset(p))
+            for topic, p in self.assignment()
+        }

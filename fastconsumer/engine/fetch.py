@@ -1,0 +1,90 @@
+"""Fetching with back-pressure: messages held (buffered and in flight) stay under the engine's cap.
+
+At the cap the fetch loop waits until the workers have brought the count down by a batch; the source keeps
+its group membership meanwhile (the Kafka source pauses its partitions but goes on polling).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from fastconsumer.engine.dispatch import Dispatcher, Phase
+from fastconsumer.engine.settings import Settings
+from fastconsumer.engine.stats import Stats
+from fastconsumer.sources.base import Source
+
+if TYPE_CHECKING:
+    from fastconsumer._core_py import OffsetTracker, Scheduler
+
+log = logging.getLogger("fastconsumer")
+
+
+class Fetcher:
+    def __init__(
+        self,
+        source: Source,
+        scheduler: Scheduler,
+        tracker: OffsetTracker,
+        dispatcher: Dispatcher,
+        stats: Stats,
+        settings: Settings,
+        stop: Callable[[], None],
+    ) -> None:
+        self.source = source
+        self.scheduler = scheduler
+        self.tracker = tracker
+        self.dispatcher = dispatcher
+        self.stats = stats
+        self.batch_size = settings.batch_size
+        self.cap = settings.cap
+        self.low_water = settings.cap - settings.batch_size
+        self.exit_at_end = settings.exit_at_end
+        self.stop = stop
+        self._space = asyncio.Event()
+        self._space_wanted = False
+        self._at_end = False  # every partition read to its end (with exit_at_end)
+        dispatcher.watch(self._watch)
+
+    async def loop(self) -> None:
+        source = self.source
+        scheduler = self.scheduler
+        stats = self.stats
+        dispatcher = self.dispatcher
+        batch_size = self.batch_size
+        while dispatcher.phase is Phase.RUNNING:
+            room = self.cap - len(scheduler) - stats.in_flight
+            if room < batch_size:
+                self._space.clear()
+                self._space_wanted = True
+                dispatcher.attention = True
+                await self._space.wait()
+                continue
+            # The source may fetch the next batch while this one is handled, within what the cap leaves.
+            messages = await source.fetch(batch_size, room - batch_size)
+            if not messages:
+                if self.exit_at_end and source.at_end():
+                    self._at_end = True
+                    dispatcher.attention = True
+                    self._end_if_all_handled()
+                continue
+            self._at_end = False
+            self.tracker.track_messages(messages)
+            scheduler.extend(messages)
+            stats.consumed += len(messages)
+            dispatcher.wake(scheduler.ready())
+
+    def _watch(self) -> bool:
+        if self._space_wanted and len(self.scheduler) + self.stats.in_flight <= self.low_water:
+            self._space_wanted = False
+            self._space.set()
+        if self._at_end:
+            self._end_if_all_handled()
+        return self._space_wanted or self._at_end
+
+    def _end_if_all_handled(self) -> None:
+        if self.stats.in_flight == 0 and len(self.scheduler) == 0 and self.dispatcher.phase is Phase.RUNNING:
+            log.info("every assigned partition read to its end and handled; stopping")
+            self.stop()

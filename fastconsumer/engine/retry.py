@@ -1,0 +1,105 @@
+"""A failed handler call: retried with backoff and jitter, then settled by the error policy."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from confluent_kafka import Message
+
+from fastconsumer.engine.settings import Settings
+from fastconsumer.engine.stats import Partition, Stats
+from fastconsumer.errors import HandlerError
+from fastconsumer.policy import POLICY_OUTCOMES, Outcome, Policy
+
+log = logging.getLogger("fastconsumer")
+
+
+class Recovery:
+    """Turns a handler's exception into an ``Outcome``.
+
+    While a call waits for its retry its slot stays taken and its lane held: later messages of the key wait,
+    other keys go on. ``stopped`` cuts the backoff short. A message the policy stops on caps its partition
+    at its offset (``failed_at``) and ``fail`` stops the run.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        policy: Policy,
+        call: Callable[[Any], Awaitable[Any]],
+        stats: Stats,
+        stopped: asyncio.Event,
+        fail: Callable[[BaseException], None],
+    ) -> None:
+        self.retries = settings.retries
+        self.backoff = settings.retry_backoff_ms / 1000.0
+        self.backoff_max = settings.retry_backoff_max_ms / 1000.0
+        self.policy = policy
+        self.call = call
+        self.stats = stats
+        self.stopped = stopped
+        self.fail = fail
+        self.failed_at: dict[Partition, int] = {}  # lowest offset per partition the policy stopped on
+
+    async def recover(self, messages: list[Message], error: Exception, arg: Any) -> Outcome:
+        """``arg`` is what the handler takes: the message, or the list for a batch handler."""
+        attempts = 1
+        while attempts <= self.retries:
+            delay = min(self.backoff_max, self.backoff * 2 ** (attempts - 1)) * random.uniform(0.5, 1.0)
+            first = messages[0]
+            log.warning(
+                "%s[%d]@%d failed (attempt %d of %d), retrying in %.0f ms: %s: %s",
+                first.topic(),
+                first.partition(),
+                first.offset(),
+                attempts,
+                self.retries + 1,
+                delay * 1000,
+                type(error).__name__,
+                error,
+            )
+            self.stats.retried += len(messages)
+            if await self._stopped_within(delay):
+                return Outcome.INTERRUPTED  # not handled, not failed: delivered again next time
+            try:
+                await self.call(arg)
+                return Outcome.HANDLED
+            except Exception as again:
+                error = again
+                attempts += 1
+        self.stats.failed += len(messages)
+        cause: BaseException = error
+        try:
+            outcome = await self.policy(messages, error, attempts)
+            if outcome not in POLICY_OUTCOMES:
+                raise TypeError(
+                    f"error policy {self.policy.name} returned {outcome!r}; "
+                    "return Outcome.SKIPPED, Outcome.DEAD_LETTERED or Outcome.STOPPED"
+                )
+        except Exception as policy_error:  # a policy that fails cannot vouch for the message
+            log.error("error policy %s failed: %s", self.policy.name, policy_error)
+            cause, outcome = policy_error, Outcome.STOPPED
+        if outcome is Outcome.SKIPPED:
+            self.stats.skipped += len(messages)
+        elif outcome is Outcome.DEAD_LETTERED:
+            self.stats.dead_lettered += len(messages)
+        else:  # the lanes stay held and the offsets unacked: nothing at or after it is committed
+            failed_at = self.failed_at
+            for msg in messages:
+                key = (msg.topic(), msg.partition())
+                failed_at[key] = min(msg.offset(), failed_at.get(key, msg.offset()))
+            self.fail(HandlerError.for_message(messages[0], cause))
+        return outcome
+
+    async def _stopped_within(self, delay: float) -> bool:
+        if self.stopped.is_set():
+            return True
+        try:
+            await asyncio.wait_for(self.stopped.wait(), delay)
+        except asyncio.TimeoutError:
+            return False
+        return True
