@@ -1,3 +1,5 @@
+"""``python -m fastconsumer``."""
+
 import sys
 
 from fastconsumer.cli import main

@@ -1,6 +1,9 @@
-"""``python -m fastconsumer`` in a subprocess, as a user runs it."""
+"""``python -m fastconsumer`` in a subprocess, as a user runs it; and ``main()`` in this process where a test
+must see what the ``--processes`` parent does not do (create a Kafka client, start children)."""
 
+import io
 import json
+import logging
 import os
 import pty
 import signal
@@ -10,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from fastconsumer.cli import main, supervisor
+
 ROOT = Path(__file__).resolve().parent.parent
+KAFKA_PARENT = ["--processes", "2", "--bootstrap-servers", "127.0.0.1:1", "--topic", "t"]
 
 
 def start(*args, env=None, **kwargs):
@@ -115,6 +121,12 @@ def test_handler_failure_exits_1_naming_the_message():
         (["--metrics-port", "70000"], "--metrics-port: must be a port number"),
         (["--log-format", "xml"], "invalid choice: 'xml'"),
         (["--stall-timeout", "0"], "--stall-timeout: must be > 0"),
+        ([*KAFKA_PARENT, "--handler", "tests.cli_handlers:not_async"], "must be a coroutine function"),
+        ([*KAFKA_PARENT, "--concurrency", "0"], "--concurrency: must be >= 1"),
+        (
+            ["--bootstrap-servers", "127.0.0.1:1", "--topic", "t", "-X", "no.such.property=1"],
+            "no.such.property",
+        ),
     ],
 )
 def test_bad_usage_exits_2_with_one_line(args, message):
@@ -124,6 +136,92 @@ def test_bad_usage_exits_2_with_one_line(args, message):
     assert out == ""
     assert len(err.strip().splitlines()) == 1, err
     assert message in err
+
+
+def test_processes_say_a_kafka_property_error_once():
+    # Only librdkafka judges -X, so each child finds it as its source opens; the parent says it once.
+    proc = start(*KAFKA_PARENT, "-X", "no.such.property=1", "--json")
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert out == ""  # no summary
+    lines = [line for line in err.strip().splitlines() if "started 2 consumer processes" not in line]
+    assert len(lines) == 1, err
+    assert (
+        lines[0].startswith("fastconsumer: error: invalid Kafka consumer property: ")
+        and "no.such" in lines[0]
+    )
+
+
+@pytest.fixture
+def parent(monkeypatch):
+    """``main()`` in this process with every way to reach Kafka refused: librdkafka's clients,
+    ``KafkaSource``, ``Consumer``; no child starts either: the supervisor only notes the arguments it got."""
+    import confluent_kafka
+    import confluent_kafka.admin
+
+    from fastconsumer.engine import Consumer
+    from fastconsumer.sources import KafkaSource
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the --processes parent made a Kafka client, a source or a consumer")
+
+    clients = (confluent_kafka.Consumer, confluent_kafka.Producer, confluent_kafka.admin.AdminClient)
+    for name, module in list(sys.modules.items()):
+        if module is None or not name.startswith(("fastconsumer", "confluent_kafka")):
+            continue
+        for attr, value in list(vars(module).items()):
+            if isinstance(value, type) and issubclass(value, clients):
+                monkeypatch.setattr(module, attr, refuse)
+    monkeypatch.setattr(KafkaSource, "__init__", refuse)
+    monkeypatch.setattr(Consumer, "__init__", refuse)
+    started = []
+    monkeypatch.setattr(supervisor, "run", lambda argv, args, out: started.append(args) or 0)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    yield started
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+
+
+def run_parent(capsys, *args):
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        code = main([*KAFKA_PARENT, *args], out=out, err=err)
+    except SystemExit as exc:  # argparse's errors
+        code = exc.code
+    return code, out.getvalue(), err.getvalue() + capsys.readouterr().err
+
+
+def test_processes_parent_checks_the_flags_without_a_kafka_client(parent, capsys):
+    code, out, err = run_parent(
+        capsys,
+        "--handler", "tests.cli_handlers:marked", "--concurrency", "8", "--retries", "2",
+        "--on-error", "dlq", "--dlq-topic", "dead", "-X", "fetch.min.bytes=1",
+        "--exit-at-end", "--from-beginning",
+    )  # fmt: skip
+    assert (code, out, err) == (0, "", "")
+    assert len(parent) == 1 and parent[0].concurrency == 8  # all checked: the children would start
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--handler", "tests.cli_handlers:not_async"], "must be a coroutine function"),
+        (["--concurrency", "0"], "--concurrency: must be >= 1"),
+        (["--handler", "nosuchmodule:handle"], "cannot import 'nosuchmodule'"),
+        (["--on-error", "dlq"], "--on-error dlq needs --dlq-topic"),
+        (["--retry-backoff-ms", "200", "--retry-backoff-max-ms", "100"], "must not exceed"),
+        (["--count", "5"], "shape the memory source"),
+        (["--metrics-port", "70000"], "--metrics-port: must be a port number"),
+    ],
+)
+def test_processes_parent_refuses_bad_flags_in_one_line_without_starting_children(
+    parent, capsys, args, message
+):
+    code, out, err = run_parent(capsys, *args)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert parent == []  # no child started
 
 
 def test_environment_variables_set_flags_and_flags_win():

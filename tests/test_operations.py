@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fastconsumer import Consumer, MemoryLog, MemorySource, cli, logs, metrics, processes
+from fastconsumer import Consumer, MemoryLog, MemorySource, metrics
+from fastconsumer.cli import logs, supervisor
+from fastconsumer.cli.settings import parse
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 30.0  # seconds any one wait of these tests may take before it fails
@@ -104,18 +106,16 @@ def test_config_file_precedence_flag_over_file_over_environment(tmp_path):
         'exit-at-end = true\n[kafka]\n"fetch.min.bytes" = 10\n"enable.partition.eof" = true\n',
     )
     env = {"FASTCONSUMER_CONCURRENCY": "4", "FASTCONSUMER_GROUP": "from-env", "FASTCONSUMER_BATCH_SIZE": "7"}
-    _, args = cli.parse(["--config", path], env)
+    _, args = parse(["--config", path], env)
     assert args.concurrency == 8 and args.batch_size == 100  # the file over the environment
     assert args.group == "from-env"  # the environment where the file says nothing
     assert args.topic == ["a", "b"] and args.bootstrap_servers == "127.0.0.1:1" and args.exit_at_end
     assert dict(args.config) == {"fetch.min.bytes": "10", "enable.partition.eof": "true"}
-    _, args = cli.parse(
-        ["--config", path, "--concurrency", "2", "--topic", "c", "-X", "fetch.min.bytes=20"], env
-    )
+    _, args = parse(["--config", path, "--concurrency", "2", "--topic", "c", "-X", "fetch.min.bytes=20"], env)
     assert args.concurrency == 2  # the flag over the file
     assert args.topic == ["c"]  # replaced, not added to
     assert dict(args.config) == {"fetch.min.bytes": "20", "enable.partition.eof": "true"}  # per property
-    _, args = cli.parse(["--topic", "c"], {"FASTCONSUMER_TOPIC": "a,b"})
+    _, args = parse(["--topic", "c"], {"FASTCONSUMER_TOPIC": "a,b"})
     assert args.topic == ["c"]
 
 
@@ -345,7 +345,7 @@ def test_merge_sums_counters_and_keeps_the_last_owners_offsets():
         {"topic": "t", "partition": 2, "offset": 1},
     ]
     b["error"] = "boom"
-    merged = processes.merge([a, b], 2)
+    merged = supervisor.merge([a, b], 2)
     assert merged["consumed"] == 17 and merged["handled"] == 16 and merged["failed"] == 1
     assert merged["committed"] == [
         {"topic": "t", "partition": 0, "offset": 8},

@@ -1,4 +1,5 @@
-"""Logging for the command line: ``--log-level`` and ``--log-format text|json``, one line per record.
+"""The command line's logging: ``--log-level`` and ``--log-format text|json``, one line per record, so that
+a log collector can read stderr line by line.
 
 Every line about a message names it as ``topic[partition]@offset``; the JSON format also gives those as
 ``topic``, ``partition`` and ``offset`` fields (from a record's ``extra`` or, failing that, from the text).
@@ -11,7 +12,7 @@ import json
 import logging
 import re
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("text", "json")
@@ -30,7 +31,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
-        out: dict = {
+        out: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),

@@ -6,6 +6,10 @@ SIGTERM to all of them (a second signal too: it abandons running handlers), stop
 and prints one summary: the counters summed, the committed offsets merged (per partition the highest: the
 last owner's), the longest elapsed time. Its exit code is the worst of theirs.
 
+It starts them only once every flag passed ``fastconsumer.cli.build.check()``, which makes no Kafka client;
+what only librdkafka can judge (a ``-X`` property) each child finds as it opens and tells this parent, which
+says it once, with exit code 2.
+
 The children run in their own process group, so a Ctrl-C on the terminal reaches them once, through here;
 a child whose parent dies sees its stdin close and stops gracefully. With ``--metrics-port`` the parent
 serves the children's metrics on that port, each sample labelled ``process``, and probes that combine
@@ -14,6 +18,7 @@ theirs; the children listen on free loopback ports of their own.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import queue
@@ -24,12 +29,24 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from typing import Any, TextIO
+from dataclasses import fields
+from types import FrameType
+from typing import TYPE_CHECKING, Any, TextIO
 
+from fastconsumer.cli.parser import EXIT_USAGE
+from fastconsumer.cli.progress import emit, format_summary
 from fastconsumer.engine import Summary
-from fastconsumer.progress import format_summary
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
+    from fastconsumer.metrics import HttpServer
 
 log = logging.getLogger("fastconsumer")
+
+# What a child says on its stdout, a JSON object per line: besides its --json summary, one of these.
+METRICS = "metrics"  # {"metrics": url}: where it serves its metrics
+CONFIG_ERROR = "config_error"  # {"config_error": message}: it refused its configuration (exit 2)
 
 COUNTERS = (
     "consumed",
@@ -43,11 +60,33 @@ COUNTERS = (
 )
 
 
+def run(argv: list[str], args: argparse.Namespace, out: TextIO) -> int:
+    """Run ``args.processes`` children until they all ended; print the merged summary; the exit code."""
+    group = Group(args.processes)
+    previous = {s: signal.signal(s, group.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    server = None
+    try:
+        if args.metrics_port is not None:
+            server = aggregate_server(group.children, args.metrics_host, args.metrics_port)
+        group.start(argv, server is not None, out)
+        group.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        group.close()
+        if server is not None:
+            server.close()
+    return report(group.children, args.json, out)
+
+
 class Child:
-    def __init__(self, index: int, argv: list[str], ended: queue.Queue) -> None:
+    """One ``python -m fastconsumer`` process, and a thread reading what it says on stdout."""
+
+    def __init__(self, index: int, argv: list[str], ended: queue.Queue[int], out: TextIO) -> None:
         self.index = index
         self.summary: dict[str, Any] | None = None
         self.metrics_url: str | None = None
+        self.config_error: str | None = None
         self.returncode: int | None = None
         self.proc = subprocess.Popen(
             argv,
@@ -57,6 +96,7 @@ class Child:
             start_new_session=True,
         )
         self._ended = ended
+        self._out = out
         self._reader = threading.Thread(target=self._read, name=f"fastconsumer-child-{index}", daemon=True)
         self._reader.start()
 
@@ -66,11 +106,14 @@ class Child:
             try:
                 doc = json.loads(line)
             except ValueError:
-                sys.stdout.write(line)
-                continue
-            if isinstance(doc, dict) and set(doc) == {"metrics"}:
-                self.metrics_url = doc["metrics"]
-            elif isinstance(doc, dict):
+                doc = None
+            if not isinstance(doc, dict):  # the handler's own output: passed on
+                self._out.write(line)
+            elif set(doc) == {METRICS}:
+                self.metrics_url = doc[METRICS]
+            elif set(doc) == {CONFIG_ERROR}:
+                self.config_error = doc[CONFIG_ERROR]
+            else:
                 self.summary = doc
         self.returncode = self.proc.wait()
         self._ended.put(self.index)
@@ -94,7 +137,84 @@ class Child:
                 pass
 
 
+class Group:
+    """The children, and what stops them: a signal here, passed on, or one of them failing."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.children: list[Child] = []
+        self.ended: queue.Queue[int] = queue.Queue()
+        self.signals = 0
+        self.stopping = False
+
+    def start(self, argv: list[str], metrics: bool, out: TextIO) -> None:
+        for i in range(self.size):
+            self.children.append(Child(i, child_argv(argv, i, metrics), self.ended, out))
+        log.info(
+            "started %d consumer processes: %s", self.size, ", ".join(str(c.proc.pid) for c in self.children)
+        )
+
+    def on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.signals += 1
+        self.stopping = True
+        name = signal.Signals(signum).name
+        if self.signals == 1:
+            log.warning(
+                "%s: stopping the %d processes gracefully (again to abandon running handlers)",
+                name,
+                self.size,
+            )
+        else:
+            log.warning("%s: the processes abandon their running handlers", name)
+        self.stop_all(signum)
+
+    def stop_all(self, signum: int) -> None:
+        for child in self.children:
+            child.signal(signum)
+
+    def wait(self) -> None:
+        """Until every child ended; the first to fail stops the others."""
+        remaining = self.size
+        while remaining:
+            child = self.children[self.ended.get()]
+            remaining -= 1
+            if child.returncode != 0 and not self.stopping and remaining:
+                if child.config_error is None:  # a configuration error is reported once, at the end
+                    log.error(
+                        "process %d exited with code %s; stopping the others", child.index, child.returncode
+                    )
+                self.stopping = True
+                self.stop_all(signal.SIGTERM)
+
+    def close(self) -> None:
+        for child in self.children:
+            child.close()
+
+
+def report(children: list[Child], as_json: bool, out: TextIO) -> int:
+    """The merged summary on stdout, or the configuration error the children refused (once, not per child);
+    the exit code, the worst of theirs."""
+    errors = list(dict.fromkeys(c.config_error for c in children if c.config_error is not None))
+    if errors:
+        for error in errors:
+            log.error("error: %s", error)
+        return EXIT_USAGE
+    merged = merge([c.summary for c in children if c.summary is not None], len(children))
+    missing = [c.index for c in children if c.summary is None]
+    if missing:
+        note = f"process(es) {', '.join(map(str, missing))} ended without a summary"
+        merged["error"] = f"{merged['error']}; {note}" if merged["error"] else note
+    if as_json:
+        emit(out, json.dumps(merged))
+    else:
+        names = {f.name for f in fields(Summary)}
+        summary = Summary(**{k: v for k, v in merged.items() if k in names})
+        emit(out, f"{len(children)} processes: " + format_summary(summary))
+    return max(exit_code(c.returncode) for c in children)
+
+
 def exit_code(returncode: int | None) -> int:
+    """A child killed by a signal (a negative code) failed."""
     return returncode if returncode in (0, 1, 2) else 1
 
 
@@ -129,72 +249,6 @@ def child_argv(argv: list[str], index: int, metrics: bool) -> list[str]:
     return [sys.executable, "-m", "fastconsumer", *argv, *extra]
 
 
-def run(argv: list[str], args: Any, out: TextIO) -> int:
-    """Run ``args.processes`` children until they all ended; print the merged summary; the exit code."""
-    n = args.processes
-    ended: queue.Queue = queue.Queue()
-    metrics = args.metrics_port is not None
-    signals = 0
-    stopping = False
-    children: list[Child] = []
-
-    def stop_all(signum: int) -> None:
-        for child in children:
-            child.signal(signum)
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        nonlocal signals, stopping
-        signals += 1
-        stopping = True
-        name = signal.Signals(signum).name
-        if signals == 1:
-            log.warning(
-                "%s: stopping the %d processes gracefully (again to abandon running handlers)", name, n
-            )
-        else:
-            log.warning("%s: the processes abandon their running handlers", name)
-        stop_all(signum)
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    server = None
-    try:
-        if metrics:
-            server = aggregate_server(children, args.metrics_host, args.metrics_port)
-        for i in range(n):
-            children.append(Child(i, child_argv(argv, i, metrics), ended))
-        log.info("started %d consumer processes: %s", n, ", ".join(str(c.proc.pid) for c in children))
-        remaining = n
-        while remaining:
-            child = children[ended.get()]
-            remaining -= 1
-            if child.returncode != 0 and not stopping and remaining:
-                log.error(
-                    "process %d exited with code %s; stopping the others", child.index, child.returncode
-                )
-                stopping = True
-                stop_all(signal.SIGTERM)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        for child in children:
-            child.close()
-        if server is not None:
-            server.close()
-    summaries = [c.summary for c in children if c.summary is not None]
-    merged = merge(summaries, n)
-    missing = [c.index for c in children if c.summary is None]
-    if missing:
-        note = f"process(es) {', '.join(map(str, missing))} ended without a summary"
-        merged["error"] = f"{merged['error']}; {note}" if merged["error"] else note
-    if args.json:
-        out.write(json.dumps(merged) + "\n")
-    else:
-        fields = {k: v for k, v in merged.items() if k in Summary.__dataclass_fields__}
-        out.write(f"{n} processes: " + format_summary(Summary(**fields)) + "\n")
-    out.flush()
-    return max(exit_code(c.returncode) for c in children)
-
-
 # -- the combined /metrics, /healthz and /readyz
 
 
@@ -214,7 +268,7 @@ class ChildrenCollector:
     def __init__(self, children: list[Child]) -> None:
         self.children = children
 
-    def collect(self) -> Iterator[Any]:
+    def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import Metric
         from prometheus_client.parser import text_string_to_metric_families
 
@@ -236,7 +290,7 @@ class ChildrenCollector:
         yield from families.values()
 
 
-def aggregate_server(children: list[Child], host: str, port: int) -> Any:
+def aggregate_server(children: list[Child], host: str, port: int) -> HttpServer:
     from prometheus_client import CollectorRegistry
 
     from fastconsumer.metrics import HttpServer, json_route, registry_route
@@ -245,7 +299,7 @@ def aggregate_server(children: list[Child], host: str, port: int) -> Any:
     registry.register(ChildrenCollector(children))
 
     def probes(path: str) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         for child in list(children):
             if not child.running:
                 continue

@@ -1,37 +1,20 @@
-"""``python -m fastconsumer.produce``: fill a Kafka topic with the test messages, fast.
-
-Tests and benchmarks of the consumer need topics holding known messages, from a thousand to millions:
-``{"foo": "foo<i>", "bar": "bar<i>"}`` for consecutive ``i``, optionally padded to a fixed size and keyed.
-This writes them with the same confluent-kafka (librdkafka) the consumer uses, so no other tool (kcat,
-the Java console producer, Docker) is needed, and fast enough that filling a topic takes seconds.
-
-    python -m fastconsumer.produce --bootstrap-servers 127.0.0.1:9092 --topic foo --count 1000000 \\
-        --size 100 --keys 1000 --partitions 4 --json
-
-The library function ``produce()`` does the work; the tests call it (or this CLI) too.
-"""
+"""Producing the test messages: one librdkafka producer, a hot loop of one %-format and one ``produce()`` per
+message, and a wait until every message is delivered, so a filled topic holds exactly what was asked for."""
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
-import json
 import logging
-import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TextIO
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from fastconsumer.arguments import Parser, int_at_least, kafka_property
+from fastconsumer.produce.messages import message_value, segments
 
-__all__ = ["DEFAULT_CONFIG", "ProduceError", "message_value", "produce"]
-
-log = logging.getLogger("fastconsumer.produce")
-
-EXIT_OK, EXIT_FAILED = 0, 1
+log = logging.getLogger("fastconsumer.produce")  # the package's name: what a user configures
 
 #: Producer settings for throughput; ``config`` (``-X``) overrides them. acks stays librdkafka's default, all.
 #: Measured on the local broker of dev/broker.py (2 CPUs shared with it), 1,000,000 messages of 100 bytes
@@ -52,8 +35,6 @@ TOPIC_TIMEOUT = 30.0  # seconds for the cluster to create a topic
 POLL_EVERY = 1_000  # messages produced between two poll(0) calls (and progress checks)
 PROGRESS_EVERY = 1.0  # seconds between progress reports
 
-_PAD_FIELD = ', "pad": "'
-
 
 class ProduceError(Exception):
     """The cluster could not be reached, the topic not created, or messages were not delivered.
@@ -64,37 +45,6 @@ class ProduceError(Exception):
     def __init__(self, message: str, summary: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.summary = summary
-
-
-def _template(digits: int, size: int | None) -> bytes:
-    """``template % (i, i)`` is the value of every message ``i`` with ``digits`` digits: with a ``size``,
-    all of them are the same length, ``size`` (``ValueError`` if they do not fit)."""
-    base = '{"foo": "foo%d", "bar": "bar%d"}'
-    if size is None:
-        return base.encode()
-    head, tail = base[:-1] + _PAD_FIELD, '"}'
-    pad = size - (len(head) - len("%d%d") + 2 * digits + len(tail))
-    if pad < 0:
-        raise ValueError(f"size {size} is too small: the JSON of a {digits}-digit i needs {size - pad} bytes")
-    return (head + "x" * pad + tail).encode()
-
-
-def message_value(i: int, size: int | None = None) -> bytes:
-    """Message ``i``'s value: ``{"foo": "foo<i>", "bar": "bar<i>"}``; with ``size``, a ``"pad"`` field of
-    ``x`` makes it exactly ``size`` bytes (``ValueError`` if it does not fit)."""
-    return _template(len(str(i)), size) % (i, i)
-
-
-def _segments(start: int, count: int, size: int | None) -> list[tuple[int, int, bytes]]:
-    """``(lo, hi, template)`` for each run ``lo <= i < hi`` of ``i`` with the same number of digits."""
-    out = []
-    lo, end = start, start + count
-    while lo < end:
-        digits = len(str(lo))
-        hi = min(end, 10**digits)
-        out.append((lo, hi, _template(digits, size)))
-        lo = hi
-    return out
 
 
 class _ClientEvents:
@@ -210,18 +160,10 @@ def produce(
     ``connect_timeout`` seconds, the topic cannot be created, or any message was not delivered (its
     ``summary`` then says how many failed).
     """
-    if count < 1:
-        raise ValueError(f"count must be >= 1, got {count}")
-    if start < 0:
-        raise ValueError(f"start must be >= 0, got {start}")
-    if keys < 0:
-        raise ValueError(f"keys must be >= 0, got {keys}")
-    if partitions is not None and partitions < 1:
-        raise ValueError(f"partitions must be >= 1, got {partitions}")
+    _check(count, start, keys, partitions)
     if size is not None:
         message_value(start + count - 1, size)  # the longest message: ValueError if it does not fit
-    segments = _segments(start, count, size)
-
+    runs = segments(start, count, size)
     events = _ClientEvents()
     deliveries = _Deliveries()
     client_conf: dict[str, Any] = {
@@ -246,9 +188,47 @@ def produce(
         raise ProduceError(f"cannot reach Kafka at {bootstrap} in {connect_timeout:g} s: {cause}") from None
     if partitions is not None:
         _ensure_topic(client_conf, metadata, topic, partitions)
+    elapsed = _send_all(producer, events, topic, runs, keys, progress)
+    summary = {
+        "topic": topic,
+        "count": count,
+        "bytes": sum((hi - lo) * len(template % (lo, lo)) for lo, hi, template in runs),
+        "elapsed_s": round(elapsed, 3),
+        "rate": round(count / elapsed, 1),
+        "failed": deliveries.failed,
+    }
+    if deliveries.failed:
+        first = deliveries.first_error.str() if deliveries.first_error is not None else "unknown error"
+        raise ProduceError(
+            f"{deliveries.failed:,} of {count:,} messages to {topic} not delivered; first error: {first}",
+            summary,
+        )
+    return summary
 
+
+def _check(count: int, start: int, keys: int, partitions: int | None) -> None:
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
+    if keys < 0:
+        raise ValueError(f"keys must be >= 0, got {keys}")
+    if partitions is not None and partitions < 1:
+        raise ValueError(f"partitions must be >= 1, got {partitions}")
+
+
+def _send_all(
+    producer: Producer,
+    events: _ClientEvents,
+    topic: str,
+    runs: list[tuple[int, int, bytes]],
+    keys: int,
+    progress: Callable[[int, int, float], None] | None,
+) -> float:
+    """Produce every message of ``runs`` and wait until all are delivered; the seconds that took."""
     key_values: list[bytes | None] = [f"key-{k}".encode() for k in range(keys)] if keys else [None]
     nkeys = len(key_values)
+    start, count = runs[0][0], runs[-1][1] - runs[0][0]
     send = producer.produce
     poll = producer.poll
     monotonic = time.monotonic
@@ -265,7 +245,7 @@ def produce(
 
     # The hot loop: one bytes %-format and one produce() per message, poll(0) every POLL_EVERY messages.
     try:
-        for lo, hi, template in segments:
+        for lo, hi, template in runs:
             for chunk in range(lo, hi, POLL_EVERY):
                 chunk_end = min(chunk + POLL_EVERY, hi)
                 for i in range(chunk, chunk_end):
@@ -285,23 +265,7 @@ def produce(
             report(monotonic())
     except KafkaException as exc:  # refused locally: a message over message.max.bytes, an invalid topic name
         raise ProduceError(f"cannot produce to {topic}: {_kafka_error(exc)}") from None
-    elapsed = monotonic() - t0
-
-    summary = {
-        "topic": topic,
-        "count": count,
-        "bytes": sum((hi - lo) * len(template % (lo, lo)) for lo, hi, template in segments),
-        "elapsed_s": round(elapsed, 3),
-        "rate": round(count / elapsed, 1),
-        "failed": deliveries.failed,
-    }
-    if deliveries.failed:
-        first = deliveries.first_error.str() if deliveries.first_error is not None else "unknown error"
-        raise ProduceError(
-            f"{deliveries.failed:,} of {count:,} messages to {topic} not delivered; first error: {first}",
-            summary,
-        )
-    return summary
+    return monotonic() - t0
 
 
 def _send_when_room(producer: Producer, topic: str, value: bytes, key: bytes | None) -> None:
@@ -312,124 +276,3 @@ def _send_when_room(producer: Producer, topic: str, value: bytes, key: bytes | N
             return
         except BufferError:
             continue
-
-
-# --------------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------------
-
-
-def build_parser() -> Parser:
-    parser = Parser(
-        prog="python -m fastconsumer.produce",
-        description='Produce JSON messages {"foo": "foo<i>", "bar": "bar<i>"} to a Kafka topic, fast.',
-    )
-    parser.add_argument("--bootstrap-servers", required=True, metavar="HOST:PORT", help="Kafka to write to")
-    parser.add_argument("--topic", required=True, help="topic to write to")
-    parser.add_argument("--count", type=int_at_least(1), default=100, help="messages to produce (100)")
-    parser.add_argument("--start", type=int_at_least(0), default=0, help="i of the first message (0)")
-    parser.add_argument(
-        "--size", type=int_at_least(1), metavar="N", help='pad each value to exactly N bytes (a "pad" field)'
-    )
-    parser.add_argument(
-        "--keys", type=int_at_least(0), default=0, metavar="K", help="keys key-<i %% K>; 0: no keys (0)"
-    )
-    parser.add_argument(
-        "--partitions",
-        type=int_at_least(1),
-        metavar="P",
-        help="create the topic with P partitions if it does not exist",
-    )
-    parser.add_argument(
-        "-X",
-        dest="config",
-        action="append",
-        type=kafka_property,
-        default=[],
-        metavar="KEY=VALUE",
-        help="librdkafka producer property, e.g. -X compression.type=none (repeatable)",
-    )
-    parser.add_argument("--json", action="store_true", help="print one JSON summary line on stdout")
-    return parser
-
-
-class _Progress:
-    """``produced N/M (rate/s)`` redrawn about every second on a terminal; nothing when not a terminal."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.drawn = False
-
-    def __call__(self, done: int, count: int, rate: float) -> None:
-        self.stream.write(f"\r\033[Kproduced {done:,}/{count:,} ({rate:,.0f}/s)")
-        self.stream.flush()
-        self.drawn = True
-
-    def clear(self) -> None:
-        if self.drawn:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
-            self.drawn = False
-
-
-def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)  # exits 2 with one line on bad usage
-    # warnings (ours, and librdkafka's through its child logger) as lines on stderr, only while main() runs
-    handler = logging.StreamHandler(err)
-    handler.setFormatter(logging.Formatter("fastconsumer.produce: %(message)s"))
-    saved = log.level, log.propagate
-    log.addHandler(handler)
-    log.setLevel(logging.WARNING)
-    log.propagate = False
-    try:
-        return _main(parser, args, out, err)
-    finally:
-        log.removeHandler(handler)
-        log.level, log.propagate = saved
-
-
-def _main(parser: Parser, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    progress = _Progress(err) if err.isatty() else None
-    summary: dict[str, Any] | None = None
-    code = EXIT_OK
-    try:
-        summary = produce(
-            args.bootstrap_servers,
-            args.topic,
-            args.count,
-            size=args.size,
-            keys=args.keys,
-            partitions=args.partitions,
-            start=args.start,
-            config=dict(args.config),
-            progress=progress,
-        )
-    except ProduceError as exc:
-        if progress is not None:
-            progress.clear()
-        err.write(f"{parser.prog}: error: {exc}\n")
-        summary, code = exc.summary, EXIT_FAILED
-    except ValueError as exc:  # found before connecting: --size too small, a -X setting librdkafka rejects
-        parser.error(str(exc))
-    except KeyboardInterrupt:
-        if progress is not None:
-            progress.clear()
-        err.write(f"{parser.prog}: interrupted\n")
-        return 130
-    if progress is not None:
-        progress.clear()
-    if summary is not None:
-        if args.json:
-            out.write(json.dumps(summary) + "\n")
-        elif code == EXIT_OK:
-            out.write(
-                f"produced {summary['count']:,} messages ({summary['bytes']:,} bytes) to {summary['topic']} "
-                f"in {summary['elapsed_s']:.2f} s: {summary['rate']:,.0f}/s\n"
-            )
-        out.flush()
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
