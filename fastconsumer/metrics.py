@@ -4,12 +4,14 @@
 
     from fastconsumer import metrics
 
-    consumer = Consumer(source, metrics.timed(handle))   # timed(): the handler latency histogram (optional)
-    server = metrics.serve(consumer, port=9100)          # /metrics, /healthz, /readyz; server.close()
+    consumer = Consumer(source, handle)
+    server = metrics.serve(consumer, port=9100)          # before start(): /metrics, /healthz, /readyz
+    ...
+    server.close()
 
-Nothing is counted per message for this: a scrape reads the consumer's own counters (``consumed``,
-``processed``, ...) and its source's (commits, rebalances, librdkafka's statistics). Only ``timed()`` adds a
-few hundred nanoseconds per handler call, and only when metrics are on.
+Nothing is counted per message for this: a scrape reads the consumer's ``stats`` and its source's
+(``Source.stats``, ``assignment()``, ``watermarks()``). Only the handler latency histogram, which ``serve()``
+turns on, adds a few hundred nanoseconds per handler call.
 
 - ``/healthz`` (liveness): 200 while the consumer's event loop turns. A thread asks the loop to note the time
   every ``heartbeat`` seconds; a note older than ``liveness_timeout`` (the loop is blocked) or a finished run
@@ -21,8 +23,6 @@ few hundred nanoseconds per handler call, and only when metrics are on.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 import logging
 import threading
@@ -41,6 +41,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.process_collector import ProcessCollector
 
+from fastconsumer.engine import Consumer
 from fastconsumer.errors import ConfigError
 from fastconsumer.histogram import Histogram
 
@@ -48,29 +49,6 @@ log = logging.getLogger("fastconsumer.metrics")
 
 Key = tuple[str, int]
 Route = Callable[[], tuple[int, str, bytes]]
-
-
-def timed(handler: Any) -> Any:
-    """``handler`` wrapped to observe each call's duration in ``.latency`` (a ``Histogram``): for batch
-    handlers, per batch; a call that fails or times out is observed too. A handler that is no coroutine
-    function comes back as it is, for the consumer to refuse."""
-    call_method = getattr(handler, "__call__", None)  # noqa: B004 - an object with an async __call__
-    if not (inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call_method)):
-        return handler
-    latency = Histogram()
-    observe = latency.observe
-    clock = time.perf_counter
-
-    @functools.wraps(handler)
-    async def call(arg: Any) -> Any:
-        start = clock()
-        try:
-            return await handler(arg)
-        finally:
-            observe(clock() - start)
-
-    call.latency = latency  # type: ignore[attr-defined]
-    return call
 
 
 class Watch:
@@ -82,7 +60,7 @@ class Watch:
 
     def __init__(
         self,
-        consumer: Any,
+        consumer: Consumer,
         *,
         stall_timeout: float = 60.0,
         liveness_timeout: float = 10.0,
@@ -137,35 +115,12 @@ class Watch:
     # -- partitions
 
     def assignment(self) -> set[Key]:
-        source = self.consumer.source
-        assignment = getattr(source, "assignment", None)
-        if callable(assignment):
-            return set(assignment())
-        memory = getattr(source, "log", None)
-        if memory is not None and hasattr(memory, "partitions") and self.consumer.running:
-            return {(memory.topic, p) for p in range(memory.partitions)}
-        return set(self.consumer.stats.committed) if self.consumer.running else set()
+        return self.consumer.source.assignment()
 
     def offsets(self) -> dict[Key, tuple[int | None, int | None]]:
         """``(start, end)`` of each partition where known: ``end`` the next offset to be written, ``start``
         where a member with no committed offset begins (auto.offset.reset)."""
-        source = self.consumer.source
-        stats = getattr(source, "partition_stats", None)
-        out: dict[Key, tuple[int | None, int | None]] = {}
-        if stats is not None:
-            config = getattr(source, "config", {}) or {}
-            field = "ls_offset" if config.get("isolation.level") == "read_committed" else "hi_offset"
-            earliest = str(config.get("auto.offset.reset")) in ("earliest", "smallest", "beginning")
-            for key, pstats in dict(stats).items():
-                end = _offset(pstats.get(field))
-                out[key] = (_offset(pstats.get("lo_offset")) if earliest else end, end)
-            return out
-        memory = getattr(source, "log", None)
-        if memory is not None and hasattr(memory, "end_offset"):
-            committed = memory.committed(getattr(source, "group", ""))
-            for p in range(memory.partitions):
-                out[(memory.topic, p)] = (committed.get(p, 0), memory.end_offset(p))
-        return out
+        return {key: (w.start, w.end) for key, w in self.consumer.source.watermarks().items()}
 
     def partitions(self) -> dict[Key, dict[str, Any]]:
         """``{(topic, partition): {"committed", "lag", "stalled_s"}}`` for each assigned partition.
@@ -217,10 +172,9 @@ class Watch:
 class ConsumerCollector:
     """Reads the consumer at scrape time: a Prometheus custom collector."""
 
-    def __init__(self, consumer: Any, watch: Watch, latency: Histogram | None = None) -> None:
+    def __init__(self, consumer: Consumer, watch: Watch) -> None:
         self.consumer = consumer
         self.watch = watch
-        self.latency = latency
 
     def collect(self) -> Iterator[Metric]:
         c = self.consumer
@@ -250,23 +204,23 @@ class ConsumerCollector:
         yield GaugeMetricFamily(
             "fastconsumer_messages_buffered", "Messages fetched, waiting for a handler.", value=c.buffered
         )
-        if self.latency is not None:
-            yield _histogram("fastconsumer_handler_seconds", "Handler call duration.", self.latency)
-        if hasattr(source, "commits"):
-            yield CounterMetricFamily(
-                "fastconsumer_commits", "Offset commits the broker acknowledged.", value=source.commits
-            )
+        if c.stats.handler_seconds is not None:
             yield _histogram(
-                "fastconsumer_commit_seconds",
-                "Time from sending a commit to its result.",
-                source.commit_latency,
+                "fastconsumer_handler_seconds", "Handler call duration.", c.stats.handler_seconds
             )
-        if hasattr(source, "rebalances"):
-            yield CounterMetricFamily(
-                "fastconsumer_rebalances",
-                "Partition assignments, revokes and losses.",
-                value=source.rebalances,
-            )
+        yield CounterMetricFamily(
+            "fastconsumer_commits", "Offset commits the source acknowledged.", value=source.stats.commits
+        )
+        yield _histogram(
+            "fastconsumer_commit_seconds",
+            "Time from sending a commit to its result.",
+            source.stats.commit_latency,
+        )
+        yield CounterMetricFamily(
+            "fastconsumer_rebalances",
+            "Partition assignments, revokes and losses.",
+            value=source.stats.rebalances,
+        )
         partitions = self.watch.partitions()
         yield GaugeMetricFamily(
             "fastconsumer_assigned_partitions", "Partitions assigned to this consumer.", value=len(partitions)
@@ -301,10 +255,6 @@ class ConsumerCollector:
         )
         ready, _ = self.watch.readiness()
         yield GaugeMetricFamily("fastconsumer_ready", "1 when /readyz answers 200.", value=int(ready))
-
-
-def _offset(value: Any) -> int | None:
-    return value if isinstance(value, int) and value >= 0 else None
 
 
 def _histogram(name: str, text: str, histogram: Histogram) -> HistogramMetricFamily:
@@ -376,14 +326,11 @@ def registry_route(registry: CollectorRegistry) -> Route:
 class MetricsServer(HttpServer):
     """``/metrics``, ``/healthz`` and ``/readyz`` of one consumer."""
 
-    def __init__(self, consumer: Any, host: str, port: int, watch: Watch) -> None:
+    def __init__(self, consumer: Consumer, host: str, port: int, watch: Watch) -> None:
         self.consumer = consumer
         self.watch = watch
         self.registry = CollectorRegistry(auto_describe=False)
-        latency = getattr(consumer.handler, "latency", None)
-        self.registry.register(
-            ConsumerCollector(consumer, watch, latency if isinstance(latency, Histogram) else None)
-        )
+        self.registry.register(ConsumerCollector(consumer, watch))
         ProcessCollector(registry=self.registry)
         super().__init__(
             host,
@@ -401,7 +348,7 @@ class MetricsServer(HttpServer):
 
 
 def serve(
-    consumer: Any,
+    consumer: Consumer,
     port: int = 9100,
     host: str = "0.0.0.0",
     *,
@@ -415,9 +362,10 @@ def serve(
     statistics every ``statistics_interval_ms`` (unless ``statistics.interval.ms`` is set), for the lag."""
     if stall_timeout <= 0 or liveness_timeout <= 0 or heartbeat <= 0:
         raise ConfigError("stall_timeout, liveness_timeout and heartbeat must be > 0 seconds")
-    enable = getattr(consumer.source, "enable_statistics", None)
-    if enable is not None and consumer.loop is None:
-        enable(statistics_interval_ms)
+    if consumer.loop is None:  # not started: what the run reads at its start can still be turned on
+        consumer.source.enable_statistics(statistics_interval_ms)
+        if consumer.stats.handler_seconds is None:
+            consumer.stats.handler_seconds = Histogram()
     watch = Watch(
         consumer, stall_timeout=stall_timeout, liveness_timeout=liveness_timeout, heartbeat=heartbeat
     )

@@ -12,7 +12,7 @@ import asyncio
 import enum
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Union
+from typing import Any
 
 from confluent_kafka import KafkaException, Message, Producer
 
@@ -79,7 +79,7 @@ class Skip(Policy):
 
     name = "skip"
 
-    async def __call__(self, messages: list[Message], error: BaseException, attempts: int) -> bool:
+    async def __call__(self, messages: list[Message], error: BaseException, attempts: int) -> Outcome:
         for msg in messages:
             log.error(
                 "skipping %s[%d]@%d after %d attempt(s): %s: %s",
@@ -129,9 +129,9 @@ class DeadLetter(Policy):
 
         reason = f"{type(error).__name__}: {error}".encode()
         for msg in messages:
-            headers = list(msg.headers() or [])
+            headers: list[tuple[str, str | bytes | None]] = list(msg.headers() or [])  # type: ignore[arg-type]
             headers += [
-                (HEADER_PREFIX + "topic", msg.topic().encode()),
+                (HEADER_PREFIX + "topic", str(msg.topic()).encode()),
                 (HEADER_PREFIX + "partition", str(msg.partition()).encode()),
                 (HEADER_PREFIX + "offset", str(msg.offset()).encode()),
                 (HEADER_PREFIX + "error", reason),
@@ -172,4 +172,4 @@ def resolve(on_error: str | Policy | PolicyFunction) -> Policy:
     return _Function(on_error)
 
 
-ErrorPolicy = Union[str, Policy, PolicyFunction]
+ErrorPolicy = str | Policy | PolicyFunction

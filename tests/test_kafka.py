@@ -9,8 +9,8 @@ import threading
 from pathlib import Path
 
 from fastconsumer import Consumer
-from fastconsumer.sources import KafkaSource
 from fastconsumer.produce import produce
+from fastconsumer.sources import KafkaSource
 from tests.kafka_helpers import committed_offsets, end_offsets, start_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,7 +100,7 @@ def test_backpressure_holds_the_cap_and_keeps_the_member_in_the_group(kafka_boot
 
     async def slow(msg):
         nonlocal peak_held
-        peak_held = max(peak_held, consumer.buffered + consumer.in_flight)
+        peak_held = max(peak_held, consumer.buffered + consumer.stats.in_flight)
         await asyncio.sleep(0.01)
 
     # A member that stopped polling while paused would be kicked out after max.poll.interval.ms.
@@ -113,8 +113,8 @@ def test_backpressure_holds_the_cap_and_keeps_the_member_in_the_group(kafka_boot
     summary = consumer.join(timeout=120)
     assert summary is not None and summary.handled == 600
     assert peak_held <= cap
-    assert consumer.consumed == 600  # fetched once each: never lost the assignment, never re-read
-    assert source.rebalances == 2  # assigned once at the start, revoked once at the end
+    assert consumer.stats.consumed == 600  # fetched once each: never lost the assignment, never re-read
+    assert source.stats.rebalances == 2  # assigned once at the start, revoked once at the end
 
 
 def test_sigkill_mid_stream_then_restart_handles_every_message(kafka_bootstrap, kafka_topic, tmp_path):

@@ -10,8 +10,8 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from fastconsumer import Consumer
-from fastconsumer.sources import KafkaSource
 from fastconsumer.produce import produce
+from fastconsumer.sources import KafkaSource
 from tests.kafka_helpers import (
     committed_offsets,
     create_topic,

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import pytest
 
 from fastconsumer import Consumer
-from fastconsumer.sources import KafkaSource
 from fastconsumer.produce import produce
+from fastconsumer.sources import KafkaSource, SourceListener
 from tests.kafka_helpers import committed_offsets, end_offsets
 
 FIRST = 20_000  # produced before the members start
@@ -68,22 +68,40 @@ class Revoke:
     room: int  # room left in the engine's buffer when the revoke came: < batch_size means at its cap
 
 
-class Member(Consumer):
-    """A ``Consumer`` that notes its revokes (when each began, when the engine gave the partitions back) and
-    tells ``on_revoking`` first; the revoke itself is the engine's own."""
+class Member(KafkaSource):
+    """A Kafka source that notes its revokes (when each began, when the engine gave the partitions back) and
+    tells ``on_revoking`` first: it hands the engine's own listener a wrapper, as any source may."""
 
     def __init__(self, *args, on_revoking: Callable[[set[int]], None] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.revokes: list[Revoke] = []
-        self._on_revoking = on_revoking
+        self.on_revoking = on_revoking
+        self.consumer: Consumer | None = None
+
+    async def open(self, listener: SourceListener) -> None:
+        await super().open(Noting(self, listener))
+
+
+class Noting(SourceListener):
+    def __init__(self, member: Member, listener: SourceListener) -> None:
+        self.member = member
+        self.listener = listener
+
+    def on_commit(self, offsets, error):
+        self.listener.on_commit(offsets, error)
+
+    def on_lost(self, partitions):
+        self.listener.on_lost(partitions)
 
     async def on_revoke(self, partitions):
         start = time.monotonic()
-        room = self.max_buffered - self.buffered - self.in_flight
-        if self._on_revoking is not None:
-            self._on_revoking({tp.partition for tp in partitions})
-        offsets = await super().on_revoke(partitions)
-        self.revokes.append(
+        consumer = self.member.consumer
+        assert consumer is not None
+        room = consumer.settings.cap - consumer.buffered - consumer.stats.in_flight
+        if self.member.on_revoking is not None:
+            self.member.on_revoking({tp.partition for tp in partitions})
+        offsets = await self.listener.on_revoke(partitions)
+        self.member.revokes.append(
             Revoke(frozenset(tp.partition for tp in partitions), start, time.monotonic(), room)
         )
         return offsets
@@ -220,12 +238,15 @@ def test_a_member_joins_and_leaves_under_load(kafka_bootstrap, kafka_topic, stra
         if sorted(note("B", msg, start))[-2] >= B_BEFORE_LEAVING:
             b_some.set()
 
-    def member(handler, **kwargs):
+    def member(handler, on_revoking=None, **kwargs):
         config = {**CONFIG, "partition.assignment.strategy": strategy}
-        source = KafkaSource(bootstrap, [topic], group, config=config, from_beginning=True)
-        return Member(
+        source = Member(
+            bootstrap, [topic], group, config=config, from_beginning=True, on_revoking=on_revoking
+        )
+        consumer = source.consumer = Consumer(
             source, handler, concurrency=CONCURRENCY, ordering="key", shutdown_timeout=SHUTDOWN, **kwargs
         )
+        return consumer
 
     a = member(handler_a, exit_at_end=True, on_revoking=holds.revoking)
     b = member(handler_b)
@@ -238,7 +259,9 @@ def test_a_member_joins_and_leaves_under_load(kafka_bootstrap, kafka_topic, stra
         started.append(b)
         b.start()
         produce(bootstrap, topic, MORE, keys=KEYS, start=FIRST, config=PRODUCE_CONFIG)  # while both run
-        assert b_some.wait(WAIT), f"B handled too few in {WAIT:g} s: {counts}; A's revokes: {a.revokes}"
+        assert b_some.wait(WAIT), (
+            f"B handled too few in {WAIT:g} s: {counts}; A's revokes: {a.source.revokes}"
+        )
         b_summary = b.stop()
         with lock:
             b_partitions.update(h.partition for h in handled if h.member == "B")
@@ -250,7 +273,7 @@ def test_a_member_joins_and_leaves_under_load(kafka_bootstrap, kafka_topic, stra
                 since = collections.Counter(h.partition for h in handled if h.start > left_at)
             raise AssertionError(
                 f"A still running {WAIT:g} s after B left: it handled {dict(since)} (per partition) since; "
-                f"B had handled partitions {sorted(b_partitions)}; A's revokes: {a.revokes}"
+                f"B had handled partitions {sorted(b_partitions)}; A's revokes: {a.source.revokes}"
             )
     finally:
         for c in reversed(started):  # after a failure: end both runs, so no thread outlives the test
@@ -262,9 +285,11 @@ def test_a_member_joins_and_leaves_under_load(kafka_bootstrap, kafka_topic, stra
     assert sum(ends.values()) == FIRST + MORE
     assert a_summary.error is None and b_summary.error is None
     assert b_summary.handled >= 2 * B_BEFORE_LEAVING
-    assert a.revokes and b.revokes
+    assert a.source.revokes and b.source.revokes
     if at_cap:
-        assert a.revokes[0].room < a.batch_size, f"A was not at its cap when B joined: {a.revokes[0]}"
+        assert a.source.revokes[0].room < a.settings.batch_size, (
+            f"A was not at its cap when B joined: {a.source.revokes[0]}"
+        )
     lost = [r.getMessage() for r in caplog.records if r.getMessage().startswith("lost ")]
     assert not lost, lost  # a member that lost partitions would void the guarantees below
 
@@ -278,12 +303,14 @@ def test_a_member_joins_and_leaves_under_load(kafka_bootstrap, kafka_topic, stra
     calls = collections.defaultdict(list)
     for h in handled:
         calls[h.member, h.partition].append(h)
-    for r in b.revokes:
+    for r in b.source.revokes:
         for p in r.partitions:
             # from A's revoke of a partition until B's: A starts no call of it (e.g. of a stray message of it
             # handed to A after the revoke)
-            gave_up = [x.end for x in a.revokes if p in x.partitions and x.end < r.end]
-            assert gave_up, f"B had partition {p} that A never gave up: {a.revokes}, {b.revokes}"
+            gave_up = [x.end for x in a.source.revokes if p in x.partitions and x.end < r.end]
+            assert gave_up, (
+                f"B had partition {p} that A never gave up: {a.source.revokes}, {b.source.revokes}"
+            )
             stray = [h for h in calls["A", p] if max(gave_up) < h.start < r.end]
             assert not stray, f"A handled {len(stray)} messages of {p} while B owned it, e.g. {stray[:3]}"
     members = {"A": a, "B": b}
@@ -292,13 +319,13 @@ def test_a_member_joins_and_leaves_under_load(kafka_bootstrap, kafka_topic, stra
         both = overlaps(calls["A", p] + calls["B", p])
         assert not both, f"partition {p}: {len(both)} calls overlapping the other member's, e.g. {both[:3]}"
         for name, m in members.items():
-            for r in m.revokes:
+            for r in m.source.revokes:
                 if p in r.partitions:
                     # a revoke waits for the running calls, and starts none
                     late = [h for h in calls[name, p] if h.start < r.end < h.end or r.start < h.start < r.end]
                     assert not late, f"{name} partition {p}: calls across its revoke {r}: {late[:3]}"
             # while a member owns a partition: each key's messages once each, one at a time, in offset order
-            for episode in episodes(calls[name, p], m.revokes, p):
+            for episode in episodes(calls[name, p], m.source.revokes, p):
                 wrong = out_of_order(episode)
                 assert not wrong, f"{name} partition {p}: {len(wrong)} calls out of key order: {wrong[:3]}"
 
@@ -313,7 +340,9 @@ def test_a_member_joins_and_leaves_under_load(kafka_bootstrap, kafka_topic, stra
     print(
         f"\n[{strategy}, {load}] {elapsed:.1f} s: A handled {counts['A']}, B {counts['B']} (partitions "
         f"{sorted(b_partitions)}); {twice} handled twice {dict(by_whom)}; revokes of A "
-        f"{[sorted(r.partitions) for r in a.revokes]} (room at the first: {a.revokes[0].room}), of B "
-        f"{[sorted(r.partitions) for r in b.revokes]}; rebalance callbacks A {a.source.rebalances}, "
-        f"B {b.source.rebalances}"
+        f"{[sorted(r.partitions) for r in a.source.revokes]} "
+        f"(room at the first: {a.source.revokes[0].room}), of B "
+        f"{[sorted(r.partitions) for r in b.source.revokes]}; "
+        f"rebalance callbacks A {a.source.stats.rebalances}, "
+        f"B {b.source.stats.rebalances}"
     )

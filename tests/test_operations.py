@@ -231,7 +231,7 @@ def test_librdkafka_logger_is_formatted_like_the_others():
 def test_library_serve_reports_the_counters_and_probes():
     consumer = Consumer(
         MemorySource(MemoryLog(partitions=2, count=2000)),
-        metrics.timed(_noop),
+        _noop,
         exit_at_end=True,
         commit_interval=0.05,
     )

@@ -119,7 +119,7 @@ class Dispatcher:
         await waiter
 
     def _fills_gap(self, msg: Message) -> bool:
-        return msg.offset() < self._fill_to.get((msg.topic(), msg.partition()), -1)
+        return msg.offset() < self._fill_to.get((msg.topic(), msg.partition()), -1)  # type: ignore[operator,arg-type]
 
     # -- the workers
 

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 
 from confluent_kafka import Message
 
@@ -15,7 +15,7 @@ from fastconsumer.histogram import Histogram
 
 Handler = Callable[[Message], Awaitable[Any]]
 BatchHandler = Callable[[list[Message]], Awaitable[Any]]
-AnyHandler = Union[Handler, BatchHandler]
+AnyHandler = Handler | BatchHandler
 _B = TypeVar("_B", bound=Callable[..., Awaitable[Any]])
 
 

@@ -90,8 +90,8 @@ class Recovery:
         else:  # the lanes stay held and the offsets unacked: nothing at or after it is committed
             failed_at = self.failed_at
             for msg in messages:
-                key = (msg.topic(), msg.partition())
-                failed_at[key] = min(msg.offset(), failed_at.get(key, msg.offset()))
+                key, offset = _position(msg)
+                failed_at[key] = min(offset, failed_at.get(key, offset))
             self.fail(HandlerError.for_message(messages[0], cause))
         return outcome
 
@@ -103,3 +103,9 @@ class Recovery:
         except asyncio.TimeoutError:
             return False
         return True
+
+
+def _position(msg: Message) -> tuple[Partition, int]:
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    assert topic is not None and partition is not None and offset is not None  # set on every fetched one
+    return (topic, partition), offset

@@ -103,5 +103,5 @@ class Source(abc.ABC):
         """Per assigned partition where known, for the consumer lag; empty when the source cannot tell."""
         return {}
 
-    def enable_statistics(self, interval_ms: int) -> None:
-        """Ask for what ``watermarks`` needs every ``interval_ms``, before ``open``; free sources ignore it."""
+    def enable_statistics(self, interval_ms: int) -> None:  # noqa: B027 - optional, a no-op by default
+        """Ask for what ``watermarks`` needs every ``interval_ms`` (before ``open``); by default, none."""

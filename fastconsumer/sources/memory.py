@@ -1,4 +1,4 @@
-"""The built-in memory source: the brief's fake client, grown into a partitioned log with consumer groups.
+"""The built-in memory source: a partitioned log with consumer groups, for demos, tests and benchmarks.
 
 Messages are made on demand, so an endless log costs no memory; committed offsets are kept per group, so a
 new consumer in the same group resumes where the last one committed.
@@ -17,12 +17,12 @@ from fastconsumer.sources.base import Partition, Source, SourceListener, Waterma
 TIMESTAMP_CREATE_TIME = 1
 
 
-BRIEF_JSON = b'{"foo": "foo%d", "bar": "bar%d"}'
+JSON_PAYLOAD = b'{"foo": "foo%d", "bar": "bar%d"}'
 
 
-def brief_json(index: int) -> bytes:
-    """The brief's payload: ``{"foo": "foo<i>", "bar": "bar<i>"}``."""
-    return BRIEF_JSON % (index, index)
+def json_payload(index: int) -> bytes:
+    """The demo payload: ``{"foo": "foo<i>", "bar": "bar<i>"}``, what ``produce`` writes to Kafka too."""
+    return JSON_PAYLOAD % (index, index)
 
 
 class MemoryLog:
@@ -39,7 +39,7 @@ class MemoryLog:
         partitions: int = 3,
         count: int | None = None,
         keys: int = 1024,
-        payload: Callable[[int], bytes] = brief_json,
+        payload: Callable[[int], bytes] = json_payload,
     ) -> None:
         if partitions < 1:
             raise ValueError(f"partitions must be >= 1, got {partitions}")
@@ -73,14 +73,14 @@ class MemoryLog:
         payload = self.payload
         # Positional arguments to Message(): four times faster than keywords.
         # (topic, partition, offset, key, value, headers, error, timestamp)
-        if payload is brief_json:
+        if payload is json_payload:
             return [
                 Message(
                     topic,
                     partition,
                     o,
                     keys[o % n_keys] if n_keys else None,
-                    BRIEF_JSON % (o * n + partition, o * n + partition),  # brief_json(), inlined
+                    JSON_PAYLOAD % (o * n + partition, o * n + partition),  # json_payload(), inlined
                     None,
                     None,
                     timestamp,
@@ -176,10 +176,8 @@ class MemorySource(Source):
         self.stats.commits += 1
 
     def at_end(self) -> bool:
-        return all(
-            self.log.end_offset(p) is not None and pos >= self.log.end_offset(p)
-            for p, pos in enumerate(self._positions)
-        )
+        ends = [self.log.end_offset(p) for p in range(len(self._positions))]
+        return all(end is not None and pos >= end for pos, end in zip(self._positions, ends, strict=True))
 
     async def close(self) -> None:
         self._listener = None

@@ -2,7 +2,7 @@
 
 librdkafka's consumer is not meant to be shared between threads, and its rebalance callbacks run inside
 ``consume()``; so fetches, commits, pause/resume and rebalances all happen on this thread, and the event loop
-talks to it through a command queue.
+talks to it through a queue of typed commands (``commands.py``).
 """
 
 from __future__ import annotations
@@ -14,52 +14,42 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer as KafkaConsumer
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from fastconsumer.errors import ConfigError
-from fastconsumer.histogram import Histogram
-from fastconsumer.sources.base import SourceListener
+from fastconsumer.sources.base import Partition, Source, SourceListener, Watermarks
+from fastconsumer.sources.kafka.commands import Close, Command, Commit, CommitSync, Fetch
+from fastconsumer.sources.kafka.config import DEFAULTS, SourceError, reason
 
 log = logging.getLogger("fastconsumer.kafka")
 librdkafka_log = logging.getLogger("fastconsumer.librdkafka")
 
-
-class _WhileConnecting(logging.Filter):
-    """Holds back librdkafka's connection-failure lines until the broker was reached: an unreachable
-    broker is then reported once, in one line, instead of a line per retry."""
-
-    connecting = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not self.connecting
-
-
-_while_connecting = _WhileConnecting()
-librdkafka_log.addFilter(_while_connecting)
-
-DEFAULTS = {
-    "enable.auto.commit": False,  # offsets are committed only from the tracker
-    "enable.auto.offset.store": False,
-    "partition.assignment.strategy": "cooperative-sticky",
-    "enable.partition.eof": True,  # tells --exit-at-end where the ends are
-    # librdkafka's default backoff stalls a fast consumer whose fetch queue ran dry for 1 s at a time.
-    "fetch.queue.backoff.ms": 10,
-}
-
-
 # What _on_stats keeps of each partition's statistics.
 STATS_KEPT = ("hi_offset", "ls_offset", "lo_offset", "committed_offset", "consumer_lag", "fetchq_cnt")
+EARLIEST = ("earliest", "smallest", "beginning")
+
+T = TypeVar("T")
 
 
-class SourceError(RuntimeError):
-    """Kafka could not be used (unreachable, misconfigured); the message says what to check."""
+class _ClientLog:
+    """librdkafka's log for one client, held back while it connects: an unreachable broker is then reported
+    once, in one line, instead of a line per retry."""
+
+    def __init__(self) -> None:
+        self.connecting = False
+
+    def log(self, level: int, msg: str, *args: Any) -> None:
+        if not self.connecting:
+            librdkafka_log.log(level, msg, *args)
 
 
-def _resolve(loop: asyncio.AbstractEventLoop, fut: asyncio.Future, value: Any, error: bool = False) -> None:
+def _resolve(
+    loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], value: Any, error: bool = False
+) -> None:
     def apply() -> None:
         if not fut.done():
             fut.set_exception(value) if error else fut.set_result(value)
@@ -67,8 +57,12 @@ def _resolve(loop: asyncio.AbstractEventLoop, fut: asyncio.Future, value: Any, e
     loop.call_soon_threadsafe(apply)
 
 
-class KafkaSource:
-    """Consumes ``topics`` as a member of ``group``."""
+class KafkaSource(Source):
+    """Consumes ``topics`` as a member of ``group``.
+
+    Making one creates no client: librdkafka checks the configuration when ``open()`` makes the client, and
+    a bad property is then a ``ConfigError`` naming it.
+    """
 
     name = "kafka"
 
@@ -81,16 +75,15 @@ class KafkaSource:
         config: dict[str, Any] | None = None,
         from_beginning: bool = False,
         connect_timeout: float = 10.0,
-        revoke_timeout: float = 30.0,
         poll_timeout: float = 0.1,
     ) -> None:
+        super().__init__()
         if not topics:
             raise ConfigError("at least one --topic is needed")
         self.bootstrap_servers = bootstrap_servers
         self.topics = list(topics)
         self.group = group
         self.connect_timeout = connect_timeout
-        self.revoke_timeout = revoke_timeout
         self.poll_timeout = poll_timeout
         self.config: dict[str, Any] = {
             **DEFAULTS,
@@ -99,40 +92,44 @@ class KafkaSource:
             "bootstrap.servers": bootstrap_servers,
             "group.id": group,
         }
-        _validate(self.config)
-        self.rebalances = 0
-        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: SourceListener | None = None
-        self._consumer: KafkaConsumer | None = None
-        self._assignment: set[tuple[str, int]] = set()
-        self._eof: set[tuple[str, int]] = set()
+        self._client_log = _ClientLog()
+        self._assignment: set[Partition] = set()
+        self._eof: set[Partition] = set()
         self._held: list[Message] = []  # fetched while nobody asked: handed out first next time
-        self._gone: set[tuple[str, int]] = set()  # revoked or lost during the current fetch
+        self._gone: set[Partition] = set()  # revoked or lost during the current fetch
         self._ahead = 0  # how many messages the engine's cap lets this thread hold for its next fetch
         self._paused = False
         self._reassigned = False
         self._failure: BaseException | None = None  # why the consumer thread died
-        # For metrics (fastconsumer.metrics), all written on the consumer thread:
-        self.commits = 0  # commits the broker acknowledged, asynchronous and synchronous
-        self.commit_latency = Histogram()  # seconds from sending a commit to its result
         self._commits_sent: deque[float] = deque()  # when each asynchronous commit in flight was sent
-        # librdkafka's statistics of each assigned partition (hi_offset, ls_offset, committed_offset,
-        # consumer_lag, ...), replaced every statistics.interval.ms; see enable_statistics()
-        self.partition_stats: dict[tuple[str, int], dict[str, Any]] = {}
-
-    def enable_statistics(self, interval_ms: int = 5000) -> None:
-        """Have librdkafka report statistics (watermarks, for the consumer lag) every ``interval_ms``, unless
-        ``statistics.interval.ms`` is configured already. Before ``open()``."""
-        self.config.setdefault("statistics.interval.ms", interval_ms)
-
-    def assignment(self) -> set[tuple[str, int]]:
-        """The partitions assigned to this member now."""
-        return set(self._assignment)
+        # librdkafka's statistics of each assigned partition, replaced every statistics.interval.ms
+        self._partition_stats: dict[Partition, dict[str, Any]] = {}
 
     def describe(self) -> str:
         return f"Kafka at {self.bootstrap_servers}, topics {', '.join(self.topics)}, group {self.group}"
+
+    # -- what observability reads
+
+    def enable_statistics(self, interval_ms: int = 5000) -> None:
+        """librdkafka's statistics (watermarks, for the lag) every ``interval_ms``, unless
+        ``statistics.interval.ms`` is configured already."""
+        self.config.setdefault("statistics.interval.ms", interval_ms)
+
+    def assignment(self) -> set[Partition]:
+        return set(self._assignment)
+
+    def watermarks(self) -> dict[Partition, Watermarks]:
+        field = "ls_offset" if self.config.get("isolation.level") == "read_committed" else "hi_offset"
+        earliest = str(self.config.get("auto.offset.reset")) in EARLIEST
+        out = {}
+        for key, pstats in dict(self._partition_stats).items():
+            end = _offset(pstats.get(field))
+            out[key] = Watermarks(_offset(pstats.get("lo_offset")) if earliest else end, end)
+        return out
 
     # -- the event loop's side
 
@@ -147,20 +144,13 @@ class KafkaSource:
         await opened
 
     async def fetch(self, max_messages: int, prefetch: int = 0) -> list[Message]:
-        return await self._ask("fetch", (max_messages, prefetch))
-
-    async def _ask(self, command: str, arg: Any) -> Any:
-        if self._failure is not None:
-            raise SourceError(f"the Kafka consumer thread failed: {self._failure}") from self._failure
-        fut = self._loop.create_future()  # type: ignore[union-attr]
-        self._commands.put((command, arg, fut))
-        return await fut
+        return await self._ask(lambda reply: Fetch(max_messages, prefetch, reply))
 
     def commit(self, offsets: list[TopicPartition]) -> None:
-        self._commands.put(("commit", offsets, None))
+        self._commands.put(Commit(offsets))
 
     async def commit_sync(self, offsets: list[TopicPartition]) -> None:
-        await self._ask("commit_sync", offsets)
+        await self._ask(lambda reply: CommitSync(offsets, reply))
 
     def at_end(self) -> bool:
         assignment = self._assignment
@@ -169,23 +159,32 @@ class KafkaSource:
     async def close(self) -> None:
         if self._thread is None or not self._thread.is_alive():
             return
-        await self._ask("close", None)
+        await self._ask(Close)
         await asyncio.to_thread(self._thread.join)
+
+    async def _ask(self, command: Callable[[asyncio.Future[T]], Command]) -> T:
+        if self._failure is not None:
+            raise SourceError(f"the Kafka consumer thread failed: {self._failure}") from self._failure
+        assert self._loop is not None
+        reply: asyncio.Future[T] = self._loop.create_future()
+        self._commands.put(command(reply))
+        return await reply
 
     # -- the consumer thread
 
-    def _main(self, opened: asyncio.Future) -> None:
+    def _main(self, opened: asyncio.Future[None]) -> None:
         loop = self._loop
         assert loop is not None
+        client_log = self._client_log
         try:
             callbacks: dict[str, Any] = {"on_commit": self._on_commit, "error_cb": self._on_error}
             if int(self.config.get("statistics.interval.ms") or 0) > 0:
                 callbacks["stats_cb"] = self._on_stats
-            consumer = self._consumer = KafkaConsumer({**self.config, **callbacks}, logger=librdkafka_log)
+            consumer = KafkaConsumer({**self.config, **callbacks}, logger=client_log)
         except (KafkaException, ValueError, TypeError) as exc:
-            _resolve(loop, opened, ConfigError(f"invalid Kafka configuration: {_reason(exc)}"), error=True)
+            _resolve(loop, opened, ConfigError(f"invalid Kafka consumer property: {reason(exc)}"), error=True)
             return
-        _while_connecting.connecting += 1
+        client_log.connecting = True
         try:
             metadata = consumer.list_topics(timeout=self.connect_timeout)
         except KafkaException:
@@ -197,7 +196,7 @@ class KafkaSource:
             _resolve(loop, opened, error, error=True)
             return
         finally:
-            _while_connecting.connecting -= 1
+            client_log.connecting = False
         missing = [t for t in self.topics if not t.startswith("^") and t not in metadata.topics]
         if missing:
             consumer.close()
@@ -221,7 +220,7 @@ class KafkaSource:
         commands = self._commands
         while True:
             try:
-                command, arg, fut = commands.get(timeout=self.poll_timeout)
+                command = commands.get(timeout=self.poll_timeout)
             except queue.Empty:
                 room = self._ahead - len(self._held)
                 if room > 0:
@@ -234,64 +233,70 @@ class KafkaSource:
                     self._set_paused(consumer, True)
                     self._held.extend(self._consume(consumer, 1000))
                 continue
+            reply = None if isinstance(command, Commit) else command.reply
             try:
-                self._apply(consumer, command, arg, fut)
+                self._apply(consumer, command)
             except KafkaException as exc:
-                _resolve(loop, fut, exc, error=True)  # the engine decides: a failed fetch stops the run
+                if reply is not None:  # the engine decides: a failed fetch stops the run
+                    _resolve(loop, reply, exc, error=True)
             except BaseException as exc:
-                if fut is not None:
-                    _resolve(loop, fut, RuntimeError(f"Kafka consumer thread failed: {exc!r}"), error=True)
+                if reply is not None:
+                    _resolve(loop, reply, RuntimeError(f"Kafka consumer thread failed: {exc!r}"), error=True)
                 raise
-            if command == "close":
+            if isinstance(command, Close):
                 return
 
-    def _apply(self, consumer: KafkaConsumer, command: str, arg: Any, fut: asyncio.Future | None) -> None:
-        """One command from the event loop; an exception raised here fails its future."""
+    def _apply(self, consumer: KafkaConsumer, command: Command) -> None:
+        """One command from the event loop; an exception raised here fails its reply."""
         loop = self._loop
         assert loop is not None
-        if command == "fetch":
-            wanted, prefetch = arg
-            self._set_paused(consumer, False)
-            messages, self._held = self._held[:wanted], self._held[wanted:]
-            if len(messages) < wanted:
-                self._gone = set()
-                fresh = self._consume(consumer, wanted - len(messages))
-                if self._gone:  # held messages of partitions revoked meanwhile belong to the next owner
-                    messages = [m for m in messages if (m.topic(), m.partition()) not in self._gone]
-                messages.extend(fresh)  # fetched after the rebalance: from the partitions owned now
-            _resolve(loop, fut, messages)
-            # Fetch the next batch while the loop handles this one (librdkafka waits without the GIL).
-            self._ahead = min(prefetch, wanted)
-            prefetch = self._ahead - len(self._held)
-            if prefetch > 0 and self._commands.empty():
-                self._held.extend(self._consume(consumer, prefetch, timeout=0))
-        elif command == "commit":
+        if isinstance(command, Fetch):
+            self._fetch(consumer, command)
+        elif isinstance(command, Commit):
             # A commit queued while a revoke was under way must not move a partition that left: its
             # synchronous commit on revoke is the newer one.
-            arg = [tp for tp in arg if (tp.topic, tp.partition) in self._assignment]
-            if not arg:
+            offsets = [tp for tp in command.offsets if (tp.topic, tp.partition) in self._assignment]
+            if not offsets:
                 return
             self._commits_sent.append(time.monotonic())
             try:
-                consumer.commit(offsets=arg, asynchronous=True)
+                consumer.commit(offsets=offsets, asynchronous=True)
             except KafkaException as exc:
                 self._commits_sent.pop()  # no callback follows
-                loop.call_soon_threadsafe(self._listener.on_commit, arg, exc)  # type: ignore[union-attr]
-        elif command == "commit_sync":
-            self._commit_sync(consumer, arg)
-            _resolve(loop, fut, None)
-        elif command == "close":
+                self._report_commit(offsets, exc)
+        elif isinstance(command, CommitSync):
+            self._commit_sync(consumer, command.offsets)
+            _resolve(loop, command.reply, None)
+        else:
             try:
                 consumer.close()  # leaves the group: the revoke callback commits what is safe
             finally:
-                _resolve(loop, fut, None)
+                _resolve(loop, command.reply, None)
+
+    def _fetch(self, consumer: KafkaConsumer, command: Fetch) -> None:
+        assert self._loop is not None
+        wanted = command.wanted
+        self._set_paused(consumer, False)
+        messages, self._held = self._held[:wanted], self._held[wanted:]
+        if len(messages) < wanted:
+            self._gone = set()
+            fresh = self._consume(consumer, wanted - len(messages))
+            if self._gone:  # held messages of partitions revoked meanwhile belong to the next owner
+                messages = [m for m in messages if (m.topic(), m.partition()) not in self._gone]
+            messages.extend(fresh)  # fetched after the rebalance: from the partitions owned now
+        _resolve(self._loop, command.reply, messages)
+        # Fetch the next batch while the loop handles this one (librdkafka waits without the GIL).
+        self._ahead = min(command.prefetch, wanted)
+        prefetch = self._ahead - len(self._held)
+        if prefetch > 0 and self._commands.empty():
+            self._held.extend(self._consume(consumer, prefetch, timeout=0))
 
     def _commit_sync(self, consumer: KafkaConsumer, offsets: list[TopicPartition]) -> None:
         """Commit and wait, timed; librdkafka calls no on_commit for a synchronous commit."""
         started = time.monotonic()
         consumer.commit(offsets=offsets, asynchronous=False)
-        self.commit_latency.observe(time.monotonic() - started)
-        self.commits += 1
+        self.stats.commit_latency.observe(time.monotonic() - started)
+        self.stats.commits += 1
 
     def _consume(self, consumer: KafkaConsumer, n: int, timeout: float | None = None) -> list[Message]:
         batch = consumer.consume(num_messages=n, timeout=self.poll_timeout if timeout is None else timeout)
@@ -321,7 +326,7 @@ class KafkaSource:
                     eof.discard((msg.topic(), msg.partition()))
                 out.append(msg)
             elif err.code() == KafkaError._PARTITION_EOF:
-                eof.add((msg.topic(), msg.partition()))
+                eof.add((msg.topic(), msg.partition()))  # type: ignore[arg-type]
             elif err.fatal():
                 raise KafkaException(err)
             else:
@@ -336,13 +341,17 @@ class KafkaSource:
         if assignment:
             consumer.pause(assignment) if paused else consumer.resume(assignment)
 
-    def _call_engine(self, coro_fn: Callable[..., Any], *args: Any) -> Any:
+    def _call_engine(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run an engine coroutine on the event loop and wait for it from this thread."""
-        future = asyncio.run_coroutine_threadsafe(coro_fn(*args), self._loop)  # type: ignore[arg-type]
-        return future.result()
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _report_commit(self, offsets: list[TopicPartition], error: KafkaException | None) -> None:
+        if self._listener is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._listener.on_commit, offsets, error)
 
     def _on_assign(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
-        self.rebalances += 1
+        self.stats.rebalances += 1
         keys = {(tp.topic, tp.partition) for tp in partitions}
         if "cooperative" not in str(self.config["partition.assignment.strategy"]):
             self._assignment = keys  # eager: each assignment is the whole of it
@@ -354,7 +363,7 @@ class KafkaSource:
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
         """Partitions that left: none of their held messages may reach the engine any more."""
-        self.rebalances += 1
+        self.stats.rebalances += 1
         keys = {(tp.topic, tp.partition) for tp in partitions}
         self._held = [m for m in self._held if (m.topic(), m.partition()) not in keys]
         self._gone |= keys
@@ -365,29 +374,28 @@ class KafkaSource:
         self._forget(partitions)
         if self._listener is None:
             return
-        offsets = self._call_engine(self._listener.on_revoke, partitions)
+        offsets = self._call_engine(self._listener.on_revoke(partitions))
         if offsets:
             try:
                 self._commit_sync(consumer, offsets)
+                self._report_commit(offsets, None)
             except KafkaException as exc:
                 log.warning("commit on revoke failed; those messages will be delivered again: %s", exc)
+                self._report_commit(offsets, exc)
         log.info("revoked %s", _names(partitions))
 
     def _on_lost(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
         self._forget(partitions)
         if self._listener is not None:
-            self._call_engine(_as_coroutine(self._listener.on_lost), partitions)
+            self._call_engine(_call(self._listener.on_lost, partitions))
         log.warning("lost %s: dropped without committing", _names(partitions))
 
     def _on_commit(self, error: KafkaError | None, offsets: list[TopicPartition]) -> None:
         if self._commits_sent:  # results come in the order the commits were sent
-            self.commit_latency.observe(time.monotonic() - self._commits_sent.popleft())
+            self.stats.commit_latency.observe(time.monotonic() - self._commits_sent.popleft())
         if error is None:
-            self.commits += 1
-        if self._listener is None or self._loop is None:
-            return
-        exc = KafkaException(error) if error is not None else None
-        self._loop.call_soon_threadsafe(self._listener.on_commit, offsets, exc)
+            self.stats.commits += 1
+        self._report_commit(offsets, KafkaException(error) if error is not None else None)
 
     def _on_stats(self, raw: str) -> None:
         """librdkafka's statistics (JSON), every statistics.interval.ms: keep those of the assigned
@@ -403,7 +411,7 @@ class KafkaSource:
                 key = (topic, int(partition))
                 if key in assignment:
                     kept[key] = {name: pstats.get(name) for name in STATS_KEPT}
-        self.partition_stats = kept
+        self._partition_stats = kept
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -414,39 +422,23 @@ class KafkaSource:
     def _fail_pending(self, exc: BaseException) -> None:
         loop = self._loop
         assert loop is not None
+        failure = exc if isinstance(exc, Exception) else RuntimeError(exc)
         while True:
             try:
-                command, _, fut = self._commands.get_nowait()
+                command = self._commands.get_nowait()
             except queue.Empty:
                 return
-            if fut is not None:
-                _resolve(loop, fut, exc if isinstance(exc, Exception) else RuntimeError(exc), error=True)
+            if not isinstance(command, Commit):
+                _resolve(loop, command.reply, failure, error=True)
 
 
-def _validate(config: dict[str, Any]) -> None:
-    """librdkafka checks every property when a client is made: make one now, before anything runs, so a
-    typo is one clear line and exit 2 rather than a failure later."""
-    try:
-        # Its log (with -X debug=...) goes through logging like the real consumer's, not straight to stderr.
-        KafkaConsumer(
-            {**config, "group.id": config.get("group.id") or "validate"}, logger=librdkafka_log
-        ).close()
-    except (KafkaException, ValueError, TypeError) as exc:
-        raise ConfigError(f"invalid Kafka consumer property: {_reason(exc)}") from None
+async def _call(fn: Any, *args: Any) -> Any:
+    return fn(*args)
 
 
-def _as_coroutine(fn: Callable[..., Any]) -> Callable[..., Any]:
-    async def call(*args: Any) -> Any:
-        return fn(*args)
-
-    return call
+def _offset(value: Any) -> int | None:
+    return value if isinstance(value, int) and value >= 0 else None
 
 
 def _names(partitions: list[TopicPartition]) -> str:
     return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing"
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
-        return exc.args[0].str()
-    return str(exc)
