@@ -4,14 +4,14 @@ import os
 
 import pytest
 
-from fastconsumer import _pycore, core
+from fastconsumer import _core_py, core
 
-IMPLS = {"python": _pycore}
+IMPLS = {"python": _core_py}
 if os.environ.get("FASTCONSUMER_NO_EXTENSIONS") != "1":
     # Not a skip: a checkout whose extension did not build must fail here, not quietly test the twin twice.
-    from fastconsumer import _core
+    from fastconsumer import _core_c
 
-    IMPLS["cython"] = _core
+    IMPLS["cython"] = _core_c
 
 
 @pytest.fixture(params=sorted(IMPLS))
