@@ -1,4 +1,8 @@
-"""Builds the ``fastconsumer._core`` extension from its ``.pyx`` on ``pip install .``."""
+"""Builds the ``fastconsumer._core_c`` extension from its ``.pyx`` on ``pip install .``.
+
+``fastconsumer/_core_py.py`` is its pure-Python twin: with ``FASTCONSUMER_NO_EXTENSIONS=1`` nothing is
+compiled and the twin runs.
+"""
 
 import os
 
@@ -25,7 +29,8 @@ def extensions():
     from Cython.Build import cythonize
 
     return cythonize(
-        [Extension("fastconsumer._core", ["fastconsumer/_core.pyx"])],
+        [Extension("fastconsumer._core_c", ["fastconsumer/_core_c.pyx"])],
+        build_dir="build",  # the generated C stays out of the package folder
         language_level=3,
         compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
     )

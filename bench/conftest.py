@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from fastconsumer import _pycore, core
+from fastconsumer import _core_py, core
 
-IMPLS = {"python": _pycore}
+IMPLS = {"python": _core_py}
 if os.environ.get("FASTCONSUMER_NO_EXTENSIONS") != "1":
-    from fastconsumer import _core
+    from fastconsumer import _core_c
 
-    IMPLS["cython"] = _core
+    IMPLS["cython"] = _core_c
 
 QUICK = os.environ.get("CI") == "true" or os.environ.get("FASTCONSUMER_BENCH_QUICK") == "1"
 RATES: dict = {}

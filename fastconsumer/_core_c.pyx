@@ -2,17 +2,20 @@
 """The compiled core: ring buffer, offset tracker and ordering scheduler.
 
 Every message passes through these three on its way to a handler and back, so they are kept in C.
-``fastconsumer._pycore`` is the behaviour-identical pure-Python twin.
+``fastconsumer._core_py`` is the behaviour-identical pure-Python twin (same results, same exceptions:
+tests/test_core_differential.py runs both side by side); ``_core_c.pyi`` is this module's stub.
 """
 
 from collections import deque
+from types import GenericAlias
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.dict cimport PyDict_GetItem
-from cpython.long cimport PyLong_FromSsize_t
 from cpython.object cimport PyObject_Hash
 from cpython.ref cimport PyObject, Py_XDECREF
-from libc.string cimport memset
+from libc.stdint cimport INT64_MAX, uint64_t
+
+__all__ = ("ORDERINGS", "OffsetTracker", "Resume", "RingBuffer", "Scheduler", "drive")
 
 ORDERINGS = ("key", "partition", "unordered")
 
@@ -32,6 +35,9 @@ cdef class RingBuffer:
         self._items = [None] * capacity
         self._head = 0
         self._count = 0
+
+    def __class_getitem__(cls, item):
+        return GenericAlias(cls, item)
 
     @property
     def capacity(self):
@@ -58,10 +64,14 @@ cdef class RingBuffer:
 
     cpdef Py_ssize_t extend(self, list items, Py_ssize_t start=0) except -1:
         """Push ``items[start:]`` until full; return how many were taken."""
-        cdef Py_ssize_t n = len(items)
-        cdef Py_ssize_t room = self._capacity - self._count
-        cdef Py_ssize_t take = n - start
-        cdef Py_ssize_t k, i
+        cdef Py_ssize_t n, room, take, k, i
+        if items is None:
+            raise TypeError("Argument 'items' has incorrect type (expected list, got NoneType)")
+        if start < 0:  # items[k] below is not bounds-checked
+            raise ValueError(f"start must be >= 0, got {start}")
+        n = len(items)
+        room = self._capacity - self._count
+        take = n - start
         if take > room:
             take = room
         if take <= 0:
@@ -224,7 +234,10 @@ cdef class OffsetTracker:
         return window
 
     cpdef track(self, object topic, int64_t partition, int64_t offset):
-        cdef _Window window = self._find(topic, partition)
+        cdef _Window window
+        if offset < 0 or offset == INT64_MAX:  # Kafka's offsets; the window computes offset - 1 and + 1
+            raise ValueError(f"offset {offset} of {topic}[{partition}] is out of range 0..{INT64_MAX - 1}")
+        window = self._find(topic, partition)
         if window is None:
             window = _Window(offset)
             self._windows[(topic, partition)] = window
@@ -319,6 +332,42 @@ cdef class OffsetTracker:
         return total
 
 
+# A lane is hash((topic, partition)), or hash((topic, partition, key)) for a message with a key under key
+# ordering, computed here without building the tuple: CPython's tuple hash (Objects/tupleobject.c, xxHash
+# based) over the items' hashes. The twin calls hash() on the tuple and gets the same integer, so the two
+# cores put the same messages in the same lanes, even where hashes collide (which only orders more strictly).
+cdef uint64_t XXPRIME_1 = 11400714785074694791ULL
+cdef uint64_t XXPRIME_2 = 14029467366897019727ULL
+cdef uint64_t XXPRIME_5 = 2870177450012600261ULL
+
+
+cdef inline uint64_t _xx_round(uint64_t acc, Py_hash_t item):
+    acc += <uint64_t> item * XXPRIME_2
+    acc = (acc << 31) | (acc >> 33)
+    return acc * XXPRIME_1
+
+
+cdef inline object _lane_hash(object topic, object partition, object key):
+    cdef Py_hash_t h = PyObject_Hash(topic)
+    cdef uint64_t acc = _xx_round(XXPRIME_5, h)
+    h = PyObject_Hash(partition)
+    acc = _xx_round(acc, h)
+    if key is None:
+        acc += 2 ^ (XXPRIME_5 ^ 3527539)
+    else:
+        h = PyObject_Hash(key)
+        acc = _xx_round(acc, h)
+        acc += 3 ^ (XXPRIME_5 ^ 3527539)
+    if acc == <uint64_t> -1:
+        return 1546275796
+    return <Py_hash_t> acc
+
+
+def _lane(topic, partition, key):
+    """The lane of (topic, partition, key): what the twin's ``_lane`` returns (for the tests)."""
+    return _lane_hash(topic, partition, key)
+
+
 cdef class Scheduler:
     """Decides which fetched message may run next under an ordering.
 
@@ -327,8 +376,8 @@ cdef class Scheduler:
     Runnable messages wait in a ring buffer; messages held back by a busy lane wait in that lane.
     """
 
-    def __cinit__(self, str ordering="key", Py_ssize_t capacity=10000, OffsetTracker tracker=None):
-        if ordering not in ORDERINGS:
+    def __cinit__(self, object ordering="key", Py_ssize_t capacity=10000, OffsetTracker tracker=None):
+        if not isinstance(ordering, str) or ordering not in ORDERINGS:
             raise ValueError(f"ordering must be one of {', '.join(ORDERINGS)}; got {ordering!r}")
         self._ordering = ORDERINGS.index(ordering)
         self._capacity = capacity
@@ -356,12 +405,7 @@ cdef class Scheduler:
         return self._lane(msg.topic(), msg.partition(), msg.key() if self._ordering == KEY else None)
 
     cdef object _lane(self, object topic, object partition, object key):
-        # A lane is a hash of (topic, partition[, key]), not a tuple: nothing to build and hash per message.
-        # Keys whose hashes collide would share a lane, which only orders them more strictly.
-        cdef Py_hash_t h = PyObject_Hash(topic) * 1000003 ^ PyObject_Hash(partition)
-        if key is not None:
-            h = h * 1000003 ^ PyObject_Hash(key)
-        return PyLong_FromSsize_t(h)
+        return _lane_hash(topic, partition, key)
 
     cpdef bint push(self, object msg) except -1:
         cdef object lane, queue
@@ -386,10 +430,14 @@ cdef class Scheduler:
 
     cpdef Py_ssize_t extend(self, list messages, Py_ssize_t start=0) except -1:
         """Push ``messages[start:]`` until full; return how many were taken."""
-        cdef Py_ssize_t n = len(messages)
-        cdef Py_ssize_t i = start
+        cdef Py_ssize_t n, i = start
+        if messages is None:
+            raise TypeError("Argument 'messages' has incorrect type (expected list, got NoneType)")
+        if start < 0:  # messages[i] below is not bounds-checked
+            raise ValueError(f"start must be >= 0, got {start}")
         if self._ordering == UNORDERED:
             return self._ready.extend(messages, start)
+        n = len(messages)
         while i < n and self.push(messages[i]):
             i += 1
         return i - start
@@ -403,13 +451,17 @@ cdef class Scheduler:
         order, since one handler call takes them in sequence."""
         cdef list batch = []
         cdef object msg, queue
+        cdef PyObject *found
         while len(batch) < max_messages:
             msg = self._ready.pop()
             if msg is None:
                 break
             batch.append(msg)
             if self._ordering != UNORDERED:
-                queue = self._lanes[self._lane_of(msg)]
+                found = PyDict_GetItem(self._lanes, self._lane_of(msg))
+                if found == NULL:  # its lane was released already (done() before it was handed out)
+                    continue
+                queue = <object> found
                 while queue is not None and queue and len(batch) < max_messages:
                     batch.append(queue.popleft())
                     self._waiting -= 1
@@ -442,6 +494,8 @@ cdef class Scheduler:
     cpdef done_batch(self, list messages):
         """``done`` for a batch handed out by ``pop_batch``: each offset acked, each lane released once."""
         cdef set seen
+        if messages is None:
+            raise TypeError("Argument 'messages' has incorrect type (expected list, got NoneType)")
         if self._tracker is not None:
             for msg in messages:
                 self._tracker.ack_message(msg)
@@ -458,18 +512,9 @@ cdef class Scheduler:
         """Forget the held messages of a partition (it was revoked); return how many."""
         cdef Py_ssize_t dropped = 0
         cdef list kept = []
-        for msg in self._ready.drain():
-            if msg.partition() != partition or msg.topic() != topic:
-                kept.append(msg)
-                continue
-            dropped += 1
-            if self._ordering != UNORDERED:  # the lane's holder never ran: free the lane with its queue
-                queue = self._lanes.pop(self._lane_of(msg))
-                if queue is not None:
-                    dropped += len(queue)
-                    self._waiting -= len(queue)
-        self._ready.extend(kept)
-        for queue in self._lanes.values():  # lanes held by running messages stay held until done()
+        cdef object lane, queue
+        # The twin's drop() is this code, line for line.
+        for queue in self._lanes.values():  # waiting: they leave their lanes' queues
             if queue is not None and queue:
                 left = [m for m in queue if m.partition() != partition or m.topic() != topic]
                 if len(left) != len(queue):
@@ -477,6 +522,19 @@ cdef class Scheduler:
                     self._waiting -= len(queue) - len(left)
                     queue.clear()
                     queue.extend(left)
+        for msg in self._ready.drain():  # runnable: each holds its lane, which passes on as if it had run
+            if msg.partition() != partition or msg.topic() != topic:
+                kept.append(msg)
+                continue
+            dropped += 1
+            if self._ordering != UNORDERED:
+                lane = self._lane_of(msg)
+                queue = self._lanes.pop(lane, None)
+                if queue is not None and queue:  # another partition's lane with the same hash
+                    kept.append(queue.popleft())
+                    self._waiting -= 1
+                    self._lanes[lane] = queue
+        self._ready.extend(kept)
         return dropped
 
 
@@ -488,7 +546,7 @@ cdef extern from "Python.h":
     PySendResult PyIter_Send(object iter, object arg, PyObject **presult)
 
 
-def drive(Scheduler scheduler, object handler, Py_ssize_t budget):
+def drive(Scheduler scheduler not None, object handler, Py_ssize_t budget):
     """Start up to ``budget`` runnable messages, stepping each handler coroutine once in place.
 
     Handlers that finish without suspending (most, when they only compute) are done here, with no Task

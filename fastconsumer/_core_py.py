@@ -1,28 +1,108 @@
-"""Pure-Python twin of ``fastconsumer._core``.
+"""Pure-Python twin of ``fastconsumer._core_c``.
 
-Same classes, same behaviour, same errors: the test suite runs against both. It is what runs where the
-extension was not built, or when ``FASTCONSUMER_NO_EXTENSIONS=1`` asks for it.
+Same classes, same behaviour, same errors: tests/test_core_differential.py drives both side by side with
+random operations, bad input included, and the test suite runs against both. It is what runs where the
+extension was not built, or when ``FASTCONSUMER_NO_EXTENSIONS=1`` asks for it, and what type checkers read
+(``fastconsumer.core`` points them here; ``_core_c.pyi`` mirrors it).
+
+Messages are duck-typed (``MessageLike``): the scheduler hands back the very objects it was given.
+
+Where the compiled core converts an argument to a C type (``int64_t``, ``Py_ssize_t``) or checks it (``list``,
+``Scheduler``), the twin does the same conversion with the same error, so a bad argument fails alike in both.
 """
 
 from __future__ import annotations
 
+import operator
 from collections import deque
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Coroutine, Generator, Iterable
+from types import CoroutineType, GeneratorType
+from typing import Any, Generic, Protocol, TypeVar
+
+__all__ = ("ORDERINGS", "OffsetTracker", "Resume", "RingBuffer", "Scheduler", "drive")
 
 ORDERINGS = ("key", "partition", "unordered")
+_KEY, _PARTITION, _UNORDERED = 0, 1, 2
 
 
-class RingBuffer:
+class MessageLike(Protocol):
+    """What the core reads from a message (``confluent_kafka.Message`` in practice)."""
+
+    def topic(self) -> str | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+    def key(self) -> object: ...
+
+
+_T = TypeVar("_T")
+
+# -- the compiled core's argument conversions
+
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+
+
+def _int64(value: object) -> int:
+    """``value`` as Cython converts it to an ``int64_t``: ints as they are, else through ``__int__``."""
+    if type(value) is not int:
+        if isinstance(value, int):
+            value = operator.index(value)  # a subclass (bool): its int value, as an exact int
+        else:
+            convert = getattr(type(value), "__int__", None)
+            if convert is None:
+                raise TypeError("an integer is required")
+            value = convert(value)
+            if not isinstance(value, int):
+                raise TypeError(f"__int__ returned non-int (type {type(value).__name__})")
+            value = operator.index(value)
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise OverflowError("Python int too large to convert to C long")
+    return value
+
+
+def _ssize(value: object) -> int:
+    """``value`` as Cython converts it to a ``Py_ssize_t``: through ``__index__``."""
+    if type(value) is not int:
+        value = operator.index(value)  # type: ignore[arg-type]
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise OverflowError("Python int too large to convert to C ssize_t")
+    return value
+
+
+def _type_name(value: object) -> str:
+    """The type's C-level name, as Cython's messages show it: ``module.Name`` for extension types."""
+    tp = type(value)
+    if tp.__flags__ & (1 << 9) or tp.__module__ == "builtins":  # Py_TPFLAGS_HEAPTYPE: a class statement's
+        return tp.__name__
+    return f"{tp.__module__}.{tp.__qualname__}"
+
+
+def _wrong_type(name: str, expected: str, value: object) -> TypeError:
+    return TypeError(f"Argument '{name}' has incorrect type (expected {expected}, got {_type_name(value)})")
+
+
+def _check_list(value: object, name: str) -> None:
+    """Cython's check of an argument typed ``list``: exactly a list (None and subclasses refused)."""
+    if type(value) is not list:
+        raise _wrong_type(name, "list", value)
+
+
+def _check_start(start: int) -> None:
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
+
+
+class RingBuffer(Generic[_T]):
     """Bounded FIFO: ``push`` refuses instead of growing, so whoever fills it feels the back-pressure."""
 
-    __slots__ = ("_items", "_capacity")
+    __slots__ = ("_capacity", "_items")
 
     def __init__(self, capacity: int) -> None:
+        capacity = _ssize(capacity)
         if capacity < 1:
             raise ValueError(f"ring buffer capacity must be >= 1, got {capacity}")
         self._capacity = capacity
-        self._items: deque = deque()
+        self._items: deque[_T] = deque()
 
     @property
     def capacity(self) -> int:
@@ -34,7 +114,7 @@ class RingBuffer:
     def full(self) -> bool:
         return len(self._items) >= self._capacity
 
-    def push(self, item: Any) -> bool:
+    def push(self, item: _T) -> bool:
         if item is None:
             raise TypeError("ring buffer items cannot be None")
         if len(self._items) >= self._capacity:
@@ -42,20 +122,23 @@ class RingBuffer:
         self._items.append(item)
         return True
 
-    def extend(self, items: list[Any], start: int = 0) -> int:
+    def extend(self, items: list[_T], start: int = 0) -> int:
         """Push ``items[start:]`` until full; return how many were taken."""
-        room = self._capacity - len(self._items)
-        chunk = items[start : start + room]
-        if None in chunk:
-            raise TypeError("ring buffer items cannot be None")
+        start = _ssize(start)
+        _check_list(items, "items")
+        _check_start(start)
+        chunk = items[start : start + self._capacity - len(self._items)]
+        for item in chunk:
+            if item is None:
+                raise TypeError("ring buffer items cannot be None")
         self._items.extend(chunk)
         return len(chunk)
 
-    def pop(self) -> Any:
+    def pop(self) -> _T | None:
         """Oldest item, or None when empty."""
         return self._items.popleft() if self._items else None
 
-    def drain(self) -> list:
+    def drain(self) -> list[_T]:
         items = list(self._items)
         self._items.clear()
         return items
@@ -67,8 +150,8 @@ class _Window:
     __slots__ = ("done", "last", "moved", "n_acked", "order", "reported")
 
     def __init__(self, offset: int) -> None:
-        self.order: deque = deque()
-        self.done: dict = {}
+        self.order: deque[int] = deque()
+        self.done: dict[int, bool] = {}
         self.n_acked = 0
         self.last = offset - 1
         self.reported = offset
@@ -88,35 +171,49 @@ class OffsetTracker:
     __slots__ = ("_windows",)
 
     def __init__(self) -> None:
-        self._windows: dict = {}
+        self._windows: dict[tuple[str, int], _Window] = {}
 
     def track(self, topic: str, partition: int, offset: int) -> None:
+        # Exact ints in range pass straight through; anything else is converted (or refused) as C would.
+        if type(offset) is not int or not 0 <= offset < 9223372036854775807 or type(partition) is not int:
+            partition, offset = _int64(partition), _int64(offset)
+            if not 0 <= offset < _INT64_MAX:  # Kafka's offsets; the compiled window computes offset +- 1
+                raise ValueError(
+                    f"offset {offset} of {topic}[{partition}] is out of range 0..{_INT64_MAX - 1}"
+                )
         key = (topic, partition)
-        window = self._windows.get(key)
-        if window is None:
+        try:
+            window = self._windows[key]
+        except KeyError:
+            _int64(partition)  # an int beyond 64 bits is refused, as C refuses it
             window = self._windows[key] = _Window(offset)
-        elif offset <= window.last:
-            raise ValueError(
-                f"offset {offset} of {topic}[{partition}] tracked after {window.last}: offsets must increase"
-            )
+        except TypeError:  # an unhashable topic: the compiled core converted the partition before
+            _int64(partition)
+            raise
+        else:
+            if offset <= window.last:
+                last = window.last
+                raise ValueError(
+                    f"offset {offset} of {topic}[{partition}] tracked after {last}: offsets must increase"
+                )
         window.order.append(offset)
         window.done[offset] = False
         window.last = offset
 
-    def track_messages(self, messages: Iterable[Any]) -> None:
+    def track_messages(self, messages: Iterable[MessageLike]) -> None:
         track = self.track
         for msg in messages:
-            track(msg.topic(), msg.partition(), msg.offset())
+            # None (an error event's offset) fails in track() as in the compiled core
+            track(msg.topic(), msg.partition(), msg.offset())  # type: ignore[arg-type]
 
     def ack(self, topic: str, partition: int, offset: int) -> bool:
         """Mark a tracked offset handled; False if it is not tracked (e.g. its partition was dropped)."""
-        window = self._windows.get((topic, partition))
-        if window is None:
-            return False
-        done = window.done
-        state = done.get(offset)
-        if state is None:
-            return False
+        try:
+            window = self._windows[(topic, partition)]
+            done = window.done
+            state = done[offset]
+        except (KeyError, TypeError):  # not tracked, or not exact ints: convert as C does, then look again
+            return self._ack_converted(topic, partition, offset)
         if state:
             return True
         order = window.order
@@ -132,8 +229,15 @@ class OffsetTracker:
             window.n_acked += 1
         return True
 
-    def ack_message(self, msg: Any) -> bool:
-        return self.ack(msg.topic(), msg.partition(), msg.offset())
+    def _ack_converted(self, topic: str, partition: object, offset: object) -> bool:
+        converted = _int64(partition), _int64(offset)
+        if type(partition) is int and type(offset) is int and converted == (partition, offset):
+            self._windows.get((topic, converted[0]))  # an unhashable topic raises here, after the conversions
+            return False
+        return self.ack(topic, *converted)
+
+    def ack_message(self, msg: MessageLike) -> bool:
+        return self.ack(msg.topic(), msg.partition(), msg.offset())  # type: ignore[arg-type]
 
     def committable(self) -> list[tuple[str, int, int]]:
         """``(topic, partition, offset)`` for each partition whose safe offset moved since the last call."""
@@ -165,16 +269,16 @@ class OffsetTracker:
 
     def pending(self, topic: str, partition: int) -> int:
         """Offsets tracked and not yet acked."""
-        window = self._windows.get((topic, partition))
+        window = self._windows.get((topic, _int64(partition)))
         return len(window.order) - window.n_acked if window is not None else 0
 
     def window_size(self, topic: str, partition: int) -> int:
         """Entries held for a partition: bounded by its in-flight window, whatever its offsets."""
-        window = self._windows.get((topic, partition))
+        window = self._windows.get((topic, _int64(partition)))
         return len(window.order) if window is not None else 0
 
     def drop(self, topic: str, partition: int) -> None:
-        self._windows.pop((topic, partition), None)
+        self._windows.pop((topic, _int64(partition)), None)
 
     def partitions(self) -> list[tuple[str, int]]:
         return list(self._windows)
@@ -183,10 +287,10 @@ class OffsetTracker:
         return sum(len(w.order) - w.n_acked for w in self._windows.values())
 
 
-def _lane_of(ordering: int, msg: Any) -> Any:
-    if ordering == 0:
-        return (msg.topic(), msg.partition(), msg.key())
-    return (msg.topic(), msg.partition())
+def _lane(topic: object, partition: object, key: object) -> int:
+    """A lane: the hash of (topic, partition[, key]), an int; the compiled core computes the same integer
+    without building the tuple. Two lanes whose hashes collide are one, in both cores alike."""
+    return hash((topic, partition)) if key is None else hash((topic, partition, key))
 
 
 class Scheduler:
@@ -202,12 +306,16 @@ class Scheduler:
     def __init__(
         self, ordering: str = "key", capacity: int = 10000, tracker: OffsetTracker | None = None
     ) -> None:
-        if ordering not in ORDERINGS:
+        capacity = _ssize(capacity)
+        if tracker is not None and not isinstance(tracker, OffsetTracker):
+            raise _wrong_type("tracker", f"{__name__}.OffsetTracker", tracker)
+        if not isinstance(ordering, str) or ordering not in ORDERINGS:
             raise ValueError(f"ordering must be one of {', '.join(ORDERINGS)}; got {ordering!r}")
         self._ordering = ORDERINGS.index(ordering)
         self._capacity = capacity
-        self._ready = RingBuffer(capacity)
-        self._lanes: dict = {}  # lane -> deque of messages waiting behind the one that holds the lane
+        self._ready: RingBuffer[Any] = RingBuffer(capacity)
+        # lane -> messages waiting behind the one holding the lane (the compiled core: None until one waits)
+        self._lanes: dict[int, deque[Any]] = {}
         self._waiting = 0
         self._tracker = tracker  # done() acks there: one call per finished message, not two
 
@@ -226,16 +334,22 @@ class Scheduler:
     def ready(self) -> int:
         return len(self._ready)
 
-    def push(self, msg: Any) -> bool:
-        if len(self._ready) + self._waiting >= self._capacity:
+    def _lane_of(self, msg: MessageLike) -> int:
+        return _lane(msg.topic(), msg.partition(), msg.key() if self._ordering == _KEY else None)
+
+    def push(self, msg: MessageLike) -> bool:
+        ready = self._ready
+        if len(ready._items) + self._waiting >= self._capacity:
             return False
-        if self._ordering == 2:
-            return self._ready.push(msg)
-        lane = _lane_of(self._ordering, msg)
+        if self._ordering == _UNORDERED:
+            return ready.push(msg)
+        # _lane_of(msg), inlined
+        topic, partition, key = msg.topic(), msg.partition(), msg.key() if self._ordering == _KEY else None
+        lane = hash((topic, partition)) if key is None else hash((topic, partition, key))
         queue = self._lanes.get(lane)
-        if queue is None:
+        if queue is None:  # a free lane: it runs now, and holds the lane
             self._lanes[lane] = deque()
-            self._ready.push(msg)
+            ready._items.append(msg)  # ready.push(msg): not None (it has a topic()) and there is room
         else:
             queue.append(msg)
             self._waiting += 1
@@ -243,6 +357,11 @@ class Scheduler:
 
     def extend(self, messages: list[Any], start: int = 0) -> int:
         """Push ``messages[start:]`` until full; return how many were taken."""
+        start = _ssize(start)
+        _check_list(messages, "messages")
+        _check_start(start)
+        if self._ordering == _UNORDERED:
+            return self._ready.extend(messages, start)
         push = self.push
         n = len(messages)
         i = start
@@ -252,34 +371,51 @@ class Scheduler:
 
     def pop(self) -> Any:
         """The next runnable message, or None."""
-        return self._ready.pop()
+        items = self._ready._items
+        return items.popleft() if items else None
 
-    def pop_batch(self, max_messages: int) -> list:
+    def pop_batch(self, max_messages: int) -> list[Any]:
         """Up to ``max_messages`` messages runnable together: each lane's waiting successors come along in
         order, since one handler call takes them in sequence."""
-        batch: list = []
+        max_messages = _ssize(max_messages)
+        batch: list[Any] = []
         lanes = self._lanes
         while len(batch) < max_messages:
             msg = self._ready.pop()
             if msg is None:
                 break
             batch.append(msg)
-            if self._ordering != 2:
-                queue = lanes[_lane_of(self._ordering, msg)]
+            if self._ordering != _UNORDERED:
+                # None: its lane was released already (done() before it was handed out)
+                queue = lanes.get(self._lane_of(msg))
                 while queue and len(batch) < max_messages:
                     batch.append(queue.popleft())
                     self._waiting -= 1
         return batch
 
-    def done(self, msg: Any) -> None:
+    def done(self, msg: MessageLike) -> None:
         """A handed-out message is finished: ack its offset in the tracker, and release its lane so the next
         message waiting in it becomes runnable."""
+        topic = msg.topic()
+        partition = msg.partition()
         if self._tracker is not None:
-            self._tracker.ack_message(msg)
-        if self._ordering != 2:
-            self._release(_lane_of(self._ordering, msg))
+            self._tracker.ack(topic, partition, msg.offset())  # type: ignore[arg-type]
+        ordering = self._ordering
+        if ordering == _UNORDERED:
+            return
+        # _release(_lane(topic, partition, key)), inlined
+        key = msg.key() if ordering == _KEY else None
+        lane = hash((topic, partition)) if key is None else hash((topic, partition, key))
+        queue = self._lanes.get(lane)
+        if queue is None:
+            return
+        if queue:
+            self._ready._items.append(queue.popleft())  # ready.push(): it left the ring for its lane
+            self._waiting -= 1
+        else:
+            del self._lanes[lane]
 
-    def _release(self, lane: Any) -> None:
+    def _release(self, lane: int) -> None:
         queue = self._lanes.get(lane)
         if queue is None:
             return
@@ -291,42 +427,62 @@ class Scheduler:
 
     def done_batch(self, messages: list[Any]) -> None:
         """``done`` for a batch handed out by ``pop_batch``: each offset acked, each lane released once."""
+        _check_list(messages, "messages")
         if self._tracker is not None:
             for msg in messages:
                 self._tracker.ack_message(msg)
-        if self._ordering == 2:
+        if self._ordering == _UNORDERED:
             return
         seen = set()
         for msg in messages:
-            lane = _lane_of(self._ordering, msg)
+            lane = self._lane_of(msg)
             if lane not in seen:
                 seen.add(lane)
                 self._release(lane)
 
     def drop(self, topic: str, partition: int) -> int:
         """Forget the held messages of a partition (it was revoked); return how many."""
+        partition = _int64(partition)
         dropped = 0
         kept = []
-        lanes = self._lanes
-        for msg in self._ready.drain():
+        # The compiled core's drop() is this code, line for line.
+        for queue in self._lanes.values():  # waiting: they leave their lanes' queues
+            if queue:
+                left = [m for m in queue if m.partition() != partition or m.topic() != topic]
+                if len(left) != len(queue):
+                    dropped += len(queue) - len(left)
+                    self._waiting -= len(queue) - len(left)
+                    queue.clear()
+                    queue.extend(left)
+        for msg in self._ready.drain():  # runnable: each holds its lane, which passes on as if it had run
             if msg.partition() != partition or msg.topic() != topic:
                 kept.append(msg)
                 continue
             dropped += 1
-            if self._ordering != 2:  # the lane's holder never ran: free the lane with its queue
-                queue = lanes.pop(_lane_of(self._ordering, msg))
-                dropped += len(queue)
-                self._waiting -= len(queue)
+            if self._ordering != _UNORDERED:
+                lane = self._lane_of(msg)
+                popped = self._lanes.pop(lane, None)
+                if popped:  # another partition's lane with the same hash
+                    kept.append(popped.popleft())
+                    self._waiting -= 1
+                    self._lanes[lane] = popped
         self._ready.extend(kept)
-        for lane, queue in lanes.items():  # lanes held by running messages stay held until done()
-            if queue and lane[1] == partition and lane[0] == topic:
-                dropped += len(queue)
-                self._waiting -= len(queue)
-                queue.clear()
         return dropped
 
 
-def drive(scheduler: Scheduler, handler: Any, budget: int) -> tuple[int, Any]:
+_Handler = Callable[[Any], Coroutine[Any, Any, Any]]
+_Pending = tuple[Any, Coroutine[Any, Any, Any], Any] | tuple[Any, None, Exception]
+
+
+def _first_step(coro: Any) -> Any:
+    """``PyIter_Send(coro, None)`` as the compiled ``drive`` calls it: ``send(None)`` on coroutines and
+    generators, ``next()`` on other iterators, else a ``send`` method."""
+    if type(coro) is CoroutineType or type(coro) is GeneratorType or not hasattr(type(coro), "__next__"):
+        return coro.send(None)
+    return next(coro)
+
+
+def drive(scheduler: Scheduler, handler: _Handler, budget: int) -> tuple[int, _Pending | None]:
     """Start up to ``budget`` runnable messages, stepping each handler coroutine once in place.
 
     Handlers that finish without suspending (most, when they only compute) are done here, with no Task
@@ -334,14 +490,18 @@ def drive(scheduler: Scheduler, handler: Any, budget: int) -> tuple[int, Any]:
     ``(msg, coro, first)`` for the first coroutine that suspended (``first`` is what it yielded; await
     ``Resume(coro, first)`` to go on with it), or ``(msg, None, exc)`` for a handler that raised.
     """
+    budget = _ssize(budget)
+    if not isinstance(scheduler, Scheduler):  # None included
+        raise _wrong_type("scheduler", f"{__name__}.Scheduler", scheduler)
     finished = 0
+    ready = scheduler._ready._items
     while finished < budget:
-        msg = scheduler.pop()
-        if msg is None:
+        if not ready:
             break
+        msg = ready.popleft()
         coro = handler(msg)
         try:
-            first = coro.send(None)
+            first = coro.send(None) if type(coro) is CoroutineType else _first_step(coro)
         except StopIteration:
             scheduler.done(msg)
             finished += 1
@@ -352,13 +512,13 @@ def drive(scheduler: Scheduler, handler: Any, budget: int) -> tuple[int, Any]:
     return finished, None
 
 
-class Resume:
+class Resume(Generator[Any, Any, Any]):
     """Awaits the rest of a coroutine that ``drive`` already stepped once: hands its first yield to the
     awaiting Task, then forwards everything (results, exceptions, cancellation) to the coroutine."""
 
     __slots__ = ("_coro", "_first", "_started")
 
-    def __init__(self, coro: Any, first: Any) -> None:
+    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
         self._coro = coro
         self._first = first
         self._started = False
