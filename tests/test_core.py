@@ -1,6 +1,10 @@
-"""The core's three parts, against both implementations, and the two implementations against each other."""
+"""The core's three parts, against both implementations (tests/test_core_differential.py runs the two side by
+side), and the selector that picks one."""
 
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 from confluent_kafka import Message
@@ -220,40 +224,54 @@ def test_scheduler_capacity_and_drop(impl):
 def test_bad_ordering_is_refused(impl):
     with pytest.raises(ValueError, match="ordering must be one of key, partition, unordered"):
         impl.Scheduler("fifo", 10)
+    for ordering in (b"key", None, 0):  # not a str: the same ValueError, not the compiled core's TypeError
+        with pytest.raises(ValueError, match="ordering must be one of key, partition, unordered"):
+            impl.Scheduler(ordering, 10)
 
 
-# -- the twins agree
+def test_arguments_are_checked_alike(impl):
+    """What the compiled core's C types refuse, the twin refuses with the same exception."""
+    scheduler = impl.Scheduler("key", 10)
+    with pytest.raises(TypeError, match="expected list, got tuple"):
+        scheduler.extend((msg(0),))
+    with pytest.raises(TypeError, match="expected list, got NoneType"):
+        scheduler.done_batch(None)
+    with pytest.raises(ValueError, match="start must be >= 0"):
+        scheduler.extend([msg(0)], -1)
+    with pytest.raises(TypeError, match="expected list, got tuple"):
+        impl.RingBuffer(2).extend((1,))
+    with pytest.raises(TypeError):
+        impl.RingBuffer("2")
+    with pytest.raises(TypeError, match="incorrect type"):
+        impl.drive(None, None, 1)
+    tracker = impl.OffsetTracker()
+    with pytest.raises(TypeError, match="an integer is required"):
+        tracker.track("t", "0", 5)
+    with pytest.raises(OverflowError):
+        tracker.ack("t", 0, 2**63)
+    with pytest.raises(ValueError, match="out of range"):
+        tracker.track("t", 0, -1)
+    tracker.track("t", True, 2.0)  # as C converts them: bool is an int, a float goes through __int__
+    assert tracker.positions() == [("t", 1, 2)]
 
 
-@pytest.mark.skipif(len(IMPLS) < 2, reason="FASTCONSUMER_NO_EXTENSIONS=1: only the pure-Python core")
-@given(
-    ops=st.lists(st.tuples(st.sampled_from("tadcfp"), st.integers(0, 2), st.integers(0, 40)), max_size=300)
-)
-@settings(max_examples=300, deadline=None)
-def test_cython_and_python_trackers_agree(ops):
-    trackers = [impl.OffsetTracker() for impl in IMPLS.values()]
-    results = []
-    for tracker in trackers:
-        out = []
-        for op, partition, offset in ops:
-            if op == "t":
-                try:
-                    tracker.track("t", partition, offset)
-                    out.append("ok")
-                except ValueError:
-                    out.append("ValueError")
-            elif op == "a":
-                out.append(tracker.ack("t", partition, offset))
-            elif op == "d":
-                tracker.drop("t", partition)
-            elif op == "c":
-                out.append(sorted(tracker.committable()))
-            elif op == "f":
-                out.append(sorted(tracker.frontiers()))
-            else:
-                out.append((sorted(tracker.positions()), len(tracker), tracker.pending("t", partition)))
-        results.append(out)
-    assert results[0] == results[1]
+def test_the_selector_and_its_switch():
+    from fastconsumer import core
+
+    assert core.IMPLS["python"] is IMPLS["python"] and core.IMPLS.keys() == IMPLS.keys()
+    assert core.core_impl() == ("cython" if "cython" in IMPLS else "python")
+    code = "from fastconsumer import core; print(core.core_impl(), *sorted(core.IMPLS))"
+    env = {**os.environ, "FASTCONSUMER_NO_EXTENSIONS": "1"}
+    root = os.path.dirname(
+        os.path.dirname(os.path.abspath(__file__))
+    )  # the checkout's package, not an installed one
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["python", "python"]
+
+
+# -- the scheduler with its tracker, and drive()
 
 
 @pytest.mark.parametrize("ordering", ["key", "partition", "unordered"])
