@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 from fastconsumer import _core_py
 
+__all__ = ["IMPLS", "NO_EXTENSIONS", "core_impl", "impl"]
+
 NO_EXTENSIONS = os.environ.get("FASTCONSUMER_NO_EXTENSIONS") == "1"
 
 #: The cores that can run here, by the name ``core_impl()`` gives them.
