@@ -200,3 +200,34 @@ def test_a_stop_during_a_retry_backoff_leaves_the_message_uncommitted(impl):
     assert calls.count(3) == 1  # the stop cut the backoff short: no retry, no failure recorded
     assert summary.failed == 0 and summary.error is None
     assert log.committed(GROUP) == {0: 3}
+
+
+@pytest.mark.parametrize("outcome", [Outcome.SKIPPED, Outcome.DEAD_LETTERED])
+def test_the_policys_outcome_is_what_the_summary_counts(impl, outcome):
+    async def handler(msg):
+        if msg.offset() == 3:
+            raise RuntimeError("poison")
+
+    async def policy(messages, error, attempts):
+        return outcome
+
+    log = MemoryLog(partitions=1, count=10, keys=0)
+    summary = asyncio.run(Consumer(MemorySource(log), handler, on_error=policy, exit_at_end=True).run())
+    assert (summary.skipped, summary.dead_lettered) == ((1, 0) if outcome is Outcome.SKIPPED else (0, 1))
+    assert summary.failed == 1 and summary.handled == 9 and log.committed(GROUP) == {0: 10}
+
+
+@pytest.mark.parametrize("returned", [True, None, Outcome.HANDLED])
+def test_a_policy_that_returns_no_policy_outcome_stops_naming_itself(impl, returned):
+    async def handler(msg):
+        if msg.offset() == 3:
+            raise RuntimeError("poison")
+
+    async def lenient(messages, error, attempts):
+        return returned
+
+    log = MemoryLog(partitions=1, count=10, keys=0)
+    with pytest.raises(HandlerError, match=r"foo\[0\]@3: TypeError: error policy .*lenient returned") as info:
+        asyncio.run(Consumer(MemorySource(log), handler, on_error=lenient, exit_at_end=True).run())
+    assert isinstance(info.value.__cause__, TypeError)
+    assert log.committed(GROUP) == {0: 3}

@@ -28,7 +28,8 @@ YIELD_EVERY = 64
 
 
 class Phase(enum.Enum):
-    """Where a run is in its life; it only moves forward."""
+    """Where a run is in its life: RUNNING, STOPPING, then FILLING if gaps need it, then CLOSING. A stop
+    asked for while FILLING (a second signal, a failure) goes back to STOPPING: nothing more starts."""
 
     RUNNING = 1  # fetching, and handing out every runnable message
     STOPPING = 2  # nothing new starts; the running handlers finish
@@ -78,7 +79,7 @@ class Dispatcher:
     # -- the lifecycle, moved forward by the run
 
     def stop(self) -> None:
-        if self.phase is Phase.RUNNING:
+        if self.phase is not Phase.CLOSING:
             self.phase = Phase.STOPPING
         self.attention = True
         self.wake(len(self._idle))
