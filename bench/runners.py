@@ -25,8 +25,8 @@ from typing import Any
 from confluent_kafka import Consumer as KafkaConsumer
 
 from fastconsumer import Consumer, Summary
-from fastconsumer.sources import KafkaSource
 from fastconsumer.loops import new_event_loop
+from fastconsumer.sources import KafkaSource
 
 #: What fastconsumer sets (fastconsumer.kafka.DEFAULTS) and the ceiling and the librdkafka-based peers get
 #: too, so they differ in how they use the client, not in this one knob. librdkafka's default (1000 ms)
