@@ -128,7 +128,7 @@ def fastconsumer_run(
 ) -> tuple[Run, Summary]:
     """A ``fastconsumer.Consumer`` with ``exit_at_end``, started on its own thread as an application would.
 
-    The handler is left alone (no clock in it): this thread looks at ``consumer.handled`` every ``POLL``
+    The handler is left alone (no clock in it): this thread looks at ``consumer.stats.handled`` every ``POLL``
     seconds instead, so first and last are up to ``POLL`` late, and the stop is measured from the last look
     that saw every message handled.
     """
@@ -141,7 +141,7 @@ def fastconsumer_run(
     while summary is None:
         summary = consumer.join(POLL)
         now = time.monotonic()
-        n = consumer.handled
+        n = consumer.stats.handled
         if n and not first:
             first = now
         if n >= total and not last:
