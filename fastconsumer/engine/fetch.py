@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from fastconsumer.engine.dispatch import Dispatcher, Phase
+from fastconsumer.engine.dispatch import RUNNING, Dispatcher
 from fastconsumer.engine.settings import Settings
 from fastconsumer.engine.stats import Stats
 from fastconsumer.sources.base import Source
@@ -54,7 +54,7 @@ class Fetcher:
         stats = self.stats
         dispatcher = self.dispatcher
         batch_size = self.batch_size
-        while dispatcher.phase is Phase.RUNNING:
+        while dispatcher.phase is RUNNING:
             room = self.cap - len(scheduler) - stats.in_flight
             if room < batch_size:
                 self._space.clear()
@@ -85,6 +85,6 @@ class Fetcher:
         return self._space_wanted or self._at_end
 
     def _end_if_all_handled(self) -> None:
-        if self.stats.in_flight == 0 and len(self.scheduler) == 0 and self.dispatcher.phase is Phase.RUNNING:
+        if self.stats.in_flight == 0 and len(self.scheduler) == 0 and self.dispatcher.phase is RUNNING:
             log.info("every assigned partition read to its end and handled; stopping")
             self.stop()

@@ -17,7 +17,7 @@ from typing import Any
 
 from fastconsumer.engine import handler as handlers
 from fastconsumer.engine.commits import Committer
-from fastconsumer.engine.dispatch import Dispatcher, Phase
+from fastconsumer.engine.dispatch import RUNNING, Dispatcher
 from fastconsumer.engine.fetch import Fetcher
 from fastconsumer.engine.rebalance import Rebalance
 from fastconsumer.engine.retry import Recovery
@@ -87,7 +87,7 @@ class Run:
         self.stop()
 
     def _watch_limit(self) -> bool:
-        if self.stats.handled >= self.dispatcher.stop_at and self.dispatcher.phase is Phase.RUNNING:
+        if self.stats.handled >= self.dispatcher.stop_at and self.dispatcher.phase is RUNNING:
             self.stop()
         return False
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from confluent_kafka import KafkaException, TopicPartition
 
 from fastconsumer.engine.commits import Committer
-from fastconsumer.engine.dispatch import Dispatcher, Phase
+from fastconsumer.engine.dispatch import CLOSING, Dispatcher
 from fastconsumer.engine.stats import Partition, Stats
 from fastconsumer.sources.base import SourceListener
 
@@ -53,7 +53,7 @@ class Rebalance(SourceListener):
         try:
             # Once the workers are gone (the run is closing) no handler can still be running; a failed or
             # abandoned message stays unacked for good, so waiting for it would only wait out the timeout.
-            if self.dispatcher.phase is not Phase.CLOSING:
+            if self.dispatcher.phase is not CLOSING:
                 waited = asyncio.ensure_future(self._until_handled(queued))
                 done, _ = await asyncio.wait([waited], timeout=self.timeout)
                 if not done:

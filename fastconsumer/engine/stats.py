@@ -10,7 +10,7 @@ from fastconsumer.histogram import Histogram
 Partition = tuple[str, int]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Stats:
     """Counters of one run. Written on the consumer's event loop; plain reads from other threads see
     values at most one update old."""
