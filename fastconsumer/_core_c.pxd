@@ -32,14 +32,17 @@ cdef class _Window:
 
 cdef class OffsetTracker:
     cdef dict _windows
+    cdef Py_ssize_t _held  # entries of all windows: window()
     cdef object _last_topic
     cdef int64_t _last_partition
     cdef _Window _last_window
 
     cdef _Window _find(self, object topic, int64_t partition)
     cpdef track(self, object topic, int64_t partition, int64_t offset)
-    cpdef track_messages(self, object messages)
+    cdef tuple _restart(self, object topic, int64_t partition, _Window old, int64_t offset)
+    cpdef list track_messages(self, object messages)
     cpdef bint ack(self, object topic, int64_t partition, int64_t offset)
+    cdef int _check(self, object topic, int64_t partition, int64_t offset) except -1
     cpdef bint ack_message(self, object msg)
     cpdef list committable(self)
 
@@ -60,4 +63,5 @@ cdef class Scheduler:
     cpdef object pop(self)
     cpdef list pop_batch(self, Py_ssize_t max_messages)
     cpdef done(self, object msg)
+    cpdef release(self, object msg)
     cpdef done_batch(self, list messages)

@@ -214,10 +214,14 @@ cdef class OffsetTracker:
 
     The committable offset of a partition is the lowest tracked offset not yet acked (or one past the last
     tracked offset when all are acked): committing it never skips a message that was not handled.
+
+    An offset at or below the last one tracked for its partition (an offset reset, a re-created topic)
+    restarts that partition's window there: the old one is discarded, as ``drop()`` then ``track()`` would.
     """
 
     def __cinit__(self):
         self._windows = {}
+        self._held = 0
         self._last_topic = None
         self._last_partition = -1
         self._last_window = None
@@ -234,6 +238,8 @@ cdef class OffsetTracker:
         return window
 
     cpdef track(self, object topic, int64_t partition, int64_t offset):
+        """Track an offset fetched: None, or ``(topic, partition, last tracked, offset)`` when it did not
+        come after the last one tracked and restarted the partition's window."""
         cdef _Window window
         if offset < 0 or offset == INT64_MAX:  # Kafka's offsets; the window computes offset - 1 and + 1
             raise ValueError(f"offset {offset} of {topic}[{partition}] is out of range 0..{INT64_MAX - 1}")
@@ -245,21 +251,50 @@ cdef class OffsetTracker:
             self._last_partition = partition
             self._last_window = window
         elif offset <= window.last:
-            raise ValueError(
-                f"offset {offset} of {topic}[{partition}] tracked after {window.last}: offsets must increase"
-            )
+            return self._restart(topic, partition, window, offset)
         window.track(offset)
+        self._held += 1
 
-    cpdef track_messages(self, object messages):
+    cdef tuple _restart(self, object topic, int64_t partition, _Window old, int64_t offset):
+        # The twin's _restart() is this code, line for line.
+        cdef _Window window = _Window(offset)
+        window.track(offset)
+        window.reported = old.reported  # committable() reports the new safe offset if it differs
+        window.moved = True
+        del self._windows[(topic, partition)]  # as drop() then track(): the partition comes last
+        self._windows[(topic, partition)] = window
+        self._last_topic = topic
+        self._last_partition = partition
+        self._last_window = window
+        self._held += 1 - old.count
+        return (topic, partition, old.last, offset)
+
+    cpdef list track_messages(self, object messages):
+        """``track()`` each message; the list of the restarts among them (empty, normally)."""
+        cdef list restarts = []
+        cdef object restarted
         for msg in messages:
-            self.track(msg.topic(), msg.partition(), msg.offset())
+            restarted = self.track(msg.topic(), msg.partition(), msg.offset())
+            if restarted is not None:
+                restarts.append(restarted)
+        return restarts
 
     cpdef bint ack(self, object topic, int64_t partition, int64_t offset):
         """Mark a tracked offset handled; False if it is not tracked (e.g. its partition was dropped)."""
         cdef _Window window = self._find(topic, partition)
+        cdef Py_ssize_t count
+        cdef bint acked
         if window is None:
             return False
-        return window.ack(offset)
+        count = window.count
+        acked = window.ack(offset)
+        self._held -= count - window.count
+        return acked
+
+    cdef int _check(self, object topic, int64_t partition, int64_t offset) except -1:
+        # What ack() converts and looks up, the same errors, without acking (Scheduler.release()).
+        self._find(topic, partition)
+        return 0
 
     cpdef bint ack_message(self, object msg):
         return self.ack(msg.topic(), msg.partition(), msg.offset())
@@ -315,8 +350,14 @@ cdef class OffsetTracker:
         cdef _Window window = self._windows.get((topic, partition))
         return window.count if window is not None else 0
 
+    def window(self):
+        """Entries held across all partitions: the sum of their ``window_size()``, kept as a running count."""
+        return self._held
+
     def drop(self, topic, int64_t partition):
-        self._windows.pop((topic, partition), None)
+        cdef _Window window = self._windows.pop((topic, partition), None)
+        if window is not None:
+            self._held -= window.count
         self._last_window = None
         self._last_topic = None
 
@@ -479,6 +520,18 @@ cdef class Scheduler:
         elif self._ordering == PARTITION:
             self._release(self._lane(topic, partition, None))
 
+    cpdef release(self, object msg):
+        """A handed-out message is given up (its partition was revoked): release its lane as ``done()`` does,
+        without acking its offset, which stays uncommitted for the partition's next owner."""
+        cdef object topic = msg.topic()
+        cdef object partition = msg.partition()
+        if self._tracker is not None:
+            self._tracker._check(topic, partition, msg.offset())  # done()'s argument errors, alike
+        if self._ordering == KEY:
+            self._release(self._lane(topic, partition, msg.key()))
+        elif self._ordering == PARTITION:
+            self._release(self._lane(topic, partition, None))
+
     cdef _release(self, object lane):
         cdef PyObject *found = PyDict_GetItem(self._lanes, lane)
         cdef object queue
@@ -544,6 +597,7 @@ cdef extern from "Python.h":
         PYGEN_ERROR
         PYGEN_NEXT
     PySendResult PyIter_Send(object iter, object arg, PyObject **presult)
+    PyObject *PyObject_CallOneArg(object callable, object arg)  # NULL with an exception set: no try block
 
 
 def drive(Scheduler scheduler not None, object handler, Py_ssize_t budget):
@@ -552,7 +606,8 @@ def drive(Scheduler scheduler not None, object handler, Py_ssize_t budget):
     Handlers that finish without suspending (most, when they only compute) are done here, with no Task
     and no trip through the event loop. Returns ``(finished, pending)``: ``pending`` is None, or
     ``(msg, coro, first)`` for the first coroutine that suspended (``first`` is what it yielded; await
-    ``Resume(coro, first)`` to go on with it), or ``(msg, None, exc)`` for a handler that raised.
+    ``Resume(coro, first)`` to go on with it), or ``(msg, None, exc)`` for a handler that raised, any
+    BaseException (a CancelledError, a SystemExit) included: the message is neither done nor lost.
     """
     cdef Py_ssize_t finished = 0
     cdef PyObject *result = NULL
@@ -562,7 +617,11 @@ def drive(Scheduler scheduler not None, object handler, Py_ssize_t budget):
         msg = scheduler._ready.pop()
         if msg is None:
             break
-        coro = handler(msg)
+        result = PyObject_CallOneArg(handler, msg)
+        if result == NULL:
+            return finished, (msg, None, _raised())
+        coro = <object> result
+        Py_XDECREF(result)
         status = PyIter_Send(coro, None, &result)
         if status == PYGEN_RETURN:
             Py_XDECREF(result)
@@ -573,15 +632,20 @@ def drive(Scheduler scheduler not None, object handler, Py_ssize_t budget):
             value = <object> result
             Py_XDECREF(result)
             return finished, (msg, coro, value)
-        try:
-            raise_current()
-        except Exception as exc:
-            return finished, (msg, None, exc)
+        return finished, (msg, None, _raised())
     return finished, None
 
 
+cdef object _raised():
+    """The exception a C call left set, whatever it is, taken (off the hot path: no try block there)."""
+    try:
+        raise_current()
+    except BaseException as exc:
+        return exc
+
+
 cdef int raise_current() except -1:
-    # PyIter_Send left an exception set; returning -1 makes Cython raise it.
+    # The C call left an exception set; returning -1 makes Cython raise it.
     return -1
 
 

@@ -36,6 +36,9 @@ class MessageLike(Protocol):
 
 _T = TypeVar("_T")
 
+#: ``(topic, partition, last offset tracked, offset tracked)``: a partition whose offsets went backwards.
+Restart = tuple[str, int, int, int]
+
 # -- the compiled core's argument conversions
 
 _INT64_MIN = -(2**63)
@@ -166,14 +169,20 @@ class OffsetTracker:
 
     The committable offset of a partition is the lowest tracked offset not yet acked (or one past the last
     tracked offset when all are acked): committing it never skips a message that was not handled.
+
+    An offset at or below the last one tracked for its partition (an offset reset, a re-created topic)
+    restarts that partition's window there: the old one is discarded, as ``drop()`` then ``track()`` would.
     """
 
-    __slots__ = ("_windows",)
+    __slots__ = ("_held", "_windows")
 
     def __init__(self) -> None:
         self._windows: dict[tuple[str, int], _Window] = {}
+        self._held = 0  # entries of all windows: window()
 
-    def track(self, topic: str, partition: int, offset: int) -> None:
+    def track(self, topic: str, partition: int, offset: int) -> Restart | None:
+        """Track an offset fetched: None, or ``(topic, partition, last tracked, offset)`` when it did not
+        come after the last one tracked and restarted the partition's window."""
         # Exact ints in range pass straight through; anything else is converted (or refused) as C would.
         if type(offset) is not int or not 0 <= offset < 9223372036854775807 or type(partition) is not int:
             partition, offset = _int64(partition), _int64(offset)
@@ -192,19 +201,36 @@ class OffsetTracker:
             raise
         else:
             if offset <= window.last:
-                last = window.last
-                raise ValueError(
-                    f"offset {offset} of {topic}[{partition}] tracked after {last}: offsets must increase"
-                )
+                return self._restart(key, window, offset)
         window.order.append(offset)
         window.done[offset] = False
         window.last = offset
+        self._held += 1
+        return None
 
-    def track_messages(self, messages: Iterable[MessageLike]) -> None:
+    def _restart(self, key: tuple[str, int], old: _Window, offset: int) -> Restart:
+        # The compiled core's _restart() is this code, line for line.
+        window = _Window(offset)
+        window.order.append(offset)
+        window.done[offset] = False
+        window.last = offset
+        window.reported = old.reported  # committable() reports the new safe offset if it differs
+        window.moved = True
+        del self._windows[key]  # as drop() then track(): the partition comes last
+        self._windows[key] = window
+        self._held += 1 - len(old.order)
+        return (key[0], key[1], old.last, offset)
+
+    def track_messages(self, messages: Iterable[MessageLike]) -> list[Restart]:
+        """``track()`` each message; the list of the restarts among them (empty, normally)."""
+        restarts: list[Restart] = []
         track = self.track
         for msg in messages:
             # None (an error event's offset) fails in track() as in the compiled core
-            track(msg.topic(), msg.partition(), msg.offset())  # type: ignore[arg-type]
+            restarted = track(msg.topic(), msg.partition(), msg.offset())  # type: ignore[arg-type]
+            if restarted is not None:
+                restarts.append(restarted)
+        return restarts
 
     def ack(self, topic: str, partition: int, offset: int) -> bool:
         """Mark a tracked offset handled; False if it is not tracked (e.g. its partition was dropped)."""
@@ -218,16 +244,24 @@ class OffsetTracker:
             return True
         order = window.order
         if offset == order[0]:
+            count = len(order)
             order.popleft()
             del done[offset]
             while order and done[order[0]]:
                 del done[order.popleft()]
                 window.n_acked -= 1
             window.moved = True
+            self._held -= count - len(order)
         else:
             done[offset] = True
             window.n_acked += 1
         return True
+
+    def _check(self, topic: str, partition: object, offset: object) -> None:
+        """What ack() converts and looks up, the same errors, without acking (Scheduler.release())."""
+        converted = _int64(partition)
+        _int64(offset)
+        self._windows.get((topic, converted))  # an unhashable topic raises here, after the conversions
 
     def _ack_converted(self, topic: str, partition: object, offset: object) -> bool:
         converted = _int64(partition), _int64(offset)
@@ -277,8 +311,14 @@ class OffsetTracker:
         window = self._windows.get((topic, _int64(partition)))
         return len(window.order) if window is not None else 0
 
+    def window(self) -> int:
+        """Entries held across all partitions: the sum of their ``window_size()``, kept as a running count."""
+        return self._held
+
     def drop(self, topic: str, partition: int) -> None:
-        self._windows.pop((topic, _int64(partition)), None)
+        window = self._windows.pop((topic, _int64(partition)), None)
+        if window is not None:
+            self._held -= len(window.order)
 
     def partitions(self) -> list[tuple[str, int]]:
         return list(self._windows)
@@ -415,6 +455,17 @@ class Scheduler:
         else:
             del self._lanes[lane]
 
+    def release(self, msg: MessageLike) -> None:
+        """A handed-out message is given up (its partition was revoked): release its lane as ``done()`` does,
+        without acking its offset, which stays uncommitted for the partition's next owner."""
+        topic = msg.topic()
+        partition = msg.partition()
+        if self._tracker is not None:
+            self._tracker._check(topic, partition, msg.offset())  # type: ignore[arg-type]
+        if self._ordering == _UNORDERED:
+            return
+        self._release(_lane(topic, partition, msg.key() if self._ordering == _KEY else None))
+
     def _release(self, lane: int) -> None:
         queue = self._lanes.get(lane)
         if queue is None:
@@ -471,7 +522,7 @@ class Scheduler:
 
 
 _Handler = Callable[[Any], Coroutine[Any, Any, Any]]
-_Pending = tuple[Any, Coroutine[Any, Any, Any], Any] | tuple[Any, None, Exception]
+_Pending = tuple[Any, Coroutine[Any, Any, Any], Any] | tuple[Any, None, BaseException]
 
 
 def _first_step(coro: Any) -> Any:
@@ -488,7 +539,8 @@ def drive(scheduler: Scheduler, handler: _Handler, budget: int) -> tuple[int, _P
     Handlers that finish without suspending (most, when they only compute) are done here, with no Task
     and no trip through the event loop. Returns ``(finished, pending)``: ``pending`` is None, or
     ``(msg, coro, first)`` for the first coroutine that suspended (``first`` is what it yielded; await
-    ``Resume(coro, first)`` to go on with it), or ``(msg, None, exc)`` for a handler that raised.
+    ``Resume(coro, first)`` to go on with it), or ``(msg, None, exc)`` for a handler that raised, any
+    BaseException (a CancelledError, a SystemExit) included: the message is neither done nor lost.
     """
     budget = _ssize(budget)
     if not isinstance(scheduler, Scheduler):  # None included
@@ -499,14 +551,17 @@ def drive(scheduler: Scheduler, handler: _Handler, budget: int) -> tuple[int, _P
         if not ready:
             break
         msg = ready.popleft()
-        coro = handler(msg)
+        try:
+            coro = handler(msg)
+        except BaseException as exc:  # a StopIteration too: the call raised, no step ended
+            return finished, (msg, None, exc)
         try:
             first = coro.send(None) if type(coro) is CoroutineType else _first_step(coro)
         except StopIteration:
             scheduler.done(msg)
             finished += 1
             continue
-        except Exception as exc:
+        except BaseException as exc:
             return finished, (msg, None, exc)
         return finished, (msg, coro, first)
     return finished, None

@@ -1,6 +1,7 @@
 """The core's three parts, against both implementations (tests/test_core_differential.py runs the two side by
 side), and the selector that picks one."""
 
+import asyncio
 import os
 import random
 import subprocess
@@ -103,11 +104,101 @@ def test_ack_of_unknown_offsets_is_refused(impl):
     assert tracker.committable() == [("t", 0, 13)]
 
 
-def test_offsets_must_increase(impl):
+def test_an_offset_that_goes_backwards_restarts_its_partition(impl):
+    """An offset at or below the last tracked one (an offset reset, a re-created topic) discards the
+    partition's window, acked and unacked entries alike, and starts a new one there: reported, not refused."""
     tracker = impl.OffsetTracker()
-    tracker.track("t", 0, 5)
-    with pytest.raises(ValueError, match="must increase"):
-        tracker.track("t", 0, 5)
+    for o in range(5, 10):
+        assert tracker.track("t", 0, o) is None
+    tracker.track("t", 1, 100)
+    assert tracker.ack("t", 0, 5) and tracker.ack("t", 0, 6) and tracker.ack("t", 0, 9)
+    assert tracker.committable() == [("t", 0, 7)]
+    assert tracker.window() == 3 + 1
+    assert tracker.track("t", 0, 3) == ("t", 0, 9, 3)
+    assert tracker.partitions() == [("t", 1), ("t", 0)]  # as drop() then track()
+    assert tracker.positions() == [("t", 1, 100), ("t", 0, 3)]
+    assert tracker.frontiers() == []  # 9 was acked in the old window: gone with it
+    assert tracker.pending("t", 0) == 1 and tracker.window_size("t", 0) == 1
+    assert len(tracker) == 2 and tracker.window() == 2
+    assert tracker.committable() == [("t", 0, 3)]  # lower than 7: the new window's safe offset
+    assert tracker.committable() == []
+    assert not tracker.ack("t", 0, 8)  # the old window's offsets are not tracked any more
+    assert tracker.track("t", 0, 4) is None
+    assert tracker.ack("t", 0, 3)
+    assert tracker.committable() == [("t", 0, 4)]
+    assert tracker.track("t", 0, 4) == ("t", 0, 4, 4)  # the same offset again restarts too
+    assert tracker.committable() == []  # ... at the offset reported last: nothing to commit
+    assert tracker.positions() == [("t", 1, 100), ("t", 0, 4)]
+    with pytest.raises(ValueError, match="out of range"):
+        tracker.track("t", 0, -1)
+    with pytest.raises(ValueError, match="out of range"):
+        tracker.track("t", 0, 2**63 - 1)
+
+
+def test_track_messages_returns_the_restarts_of_the_batch(impl):
+    tracker = impl.OffsetTracker()
+    assert tracker.track_messages([msg(o) for o in range(10)]) == []
+    assert tracker.track_messages([msg(3, partition=1), msg(4, partition=1)]) == []
+    batch = [msg(10), msg(2), msg(3), msg(0, partition=1), msg(1, partition=1), msg(1)]
+    assert tracker.track_messages(batch) == [("t", 0, 10, 2), ("t", 1, 4, 0), ("t", 0, 3, 1)]
+    assert tracker.positions() == [("t", 1, 0), ("t", 0, 1)]
+    assert tracker.window_size("t", 0) == 1 and tracker.window_size("t", 1) == 2
+    assert tracker.window() == 3
+    assert tracker.committable() == [("t", 1, 0), ("t", 0, 1)]  # both restarted below their first offsets
+    assert tracker.track_messages(m for m in [msg(2), msg(5)]) == []
+
+
+def test_a_restart_reports_a_partition_never_committed(impl):
+    """Restarted below an offset never reported: the new safe offset is reported at once (the group may hold
+    any offset at or above it); restarted at the offset last reported, nothing is."""
+    tracker = impl.OffsetTracker()
+    tracker.track("t", 0, 50)
+    tracker.track("t", 0, 51)
+    assert tracker.track("t", 0, 50) == ("t", 0, 51, 50)
+    assert tracker.committable() == []  # 50: where the partition stood, nothing moved
+    assert tracker.track("t", 0, 20) == ("t", 0, 50, 20)
+    assert tracker.committable() == [("t", 0, 20)]
+
+
+def test_window_counts_every_entry_held_across_partitions(impl):
+    tracker = impl.OffsetTracker()
+    assert tracker.window() == 0
+    rng = random.Random(7)
+    tracked = {}
+    for _ in range(3000):
+        p = rng.randrange(4)
+        op = rng.random()
+        if op < 0.5:
+            offset = tracked.get(p, rng.randrange(50)) + rng.randrange(1, 4)
+            if rng.random() < 0.02:
+                offset = rng.randrange(offset)  # backwards: a restart
+            tracker.track("t", p, offset)
+            tracked[p] = offset
+        elif op < 0.95 and p in tracked:
+            tracker.ack("t", p, rng.randrange(tracked[p] - 30, tracked[p] + 1))
+        elif op < 0.97:
+            tracker.drop("t", p)
+            tracked.pop(p, None)
+        assert tracker.window() == sum(tracker.window_size("t", q) for q in range(4))
+    assert tracker.window() > 0
+
+
+def test_window_counts_acked_entries_above_the_head(impl):
+    tracker = impl.OffsetTracker()
+    tracker.track_messages([msg(o, partition=p) for p in range(2) for o in range(10)])
+    assert tracker.window() == 20
+    for o in range(1, 10):
+        tracker.ack("t", 0, o)  # offset 0 still unacked: all ten held
+    assert tracker.window() == 20 and len(tracker) == 11
+    assert not tracker.ack("t", 0, 42)
+    assert tracker.window() == 20
+    tracker.ack("t", 0, 0)  # the head moves past all ten
+    assert tracker.window() == 10
+    tracker.drop("t", 1)
+    tracker.drop("t", 5)
+    assert tracker.window() == 0
+    tracker.track("t", 0, 3)  # below the last (9), with nothing held: a restart of an empty window
+    assert tracker.window() == 1
 
 
 def test_partitions_are_independent_and_reported_only_when_moved(impl):
@@ -292,8 +383,6 @@ def test_done_acks_in_the_scheduler_s_tracker(impl, ordering):
 
 
 def test_drive_finishes_handlers_that_do_not_suspend_and_hands_back_the_rest(impl):
-    import asyncio
-
     tracker = impl.OffsetTracker()
     scheduler = impl.Scheduler("unordered", 100, tracker)
     messages = [msg(o) for o in range(6)]
@@ -326,9 +415,86 @@ def test_drive_finishes_handlers_that_do_not_suspend_and_hands_back_the_rest(imp
     assert seen == list(range(6))
 
 
-def test_resume_passes_cancellation_to_the_handler(impl):
-    import asyncio
+@pytest.mark.parametrize("kind", ["step", "call"])
+@pytest.mark.parametrize(
+    "error", [asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit, StopIteration, KeyError]
+)
+def test_drive_hands_back_any_exception_the_handler_raises(impl, kind, error):
+    """Whatever the handler raises before it first suspends, a BaseException included (a cancellation it did
+    not ask for, an exit), comes back with its message: neither done nor lost."""
+    tracker = impl.OffsetTracker()
+    scheduler = impl.Scheduler("partition", 10, tracker)
+    messages = [msg(0), msg(1), msg(2), msg(0, partition=1)]
+    tracker.track_messages(messages)
+    scheduler.extend(messages)
 
+    async def coroutine(m):
+        if m.offset() == 1:
+            raise error("boom")
+
+    def call(m):
+        if m.offset() == 1:
+            raise error("boom")
+        return coroutine(m)
+
+    handler = coroutine if kind == "step" else call
+    if kind == "step" and error is StopIteration:  # a coroutine turns it into a RuntimeError
+        error = RuntimeError
+    try:
+        finished, pending = impl.drive(scheduler, handler, 10)
+    except BaseException as exc:  # not pytest's business: an escaped KeyboardInterrupt would end the session
+        pytest.fail(f"drive() let {exc!r} escape")
+    assert finished == 2  # t[0]@0 and t[1]@0; t[0]@1 raised
+    m, coro, exc = pending
+    assert m is messages[1] and coro is None and type(exc) is error
+    assert tracker.pending("t", 0) == 2  # not acked
+    assert scheduler.pop() is None  # t[0]@2 waits: the raising message still holds the lane
+    scheduler.done(m)
+    assert impl.drive(scheduler, handler, 10) == (1, None)
+
+
+def test_release_frees_the_lane_without_acking(impl):
+    tracker = impl.OffsetTracker()
+    scheduler = impl.Scheduler("key", 10, tracker)
+    messages = [msg(0, key=b"a"), msg(1, key=b"a"), msg(2, key=b"b")]
+    tracker.track_messages(messages)
+    scheduler.extend(messages)
+    first = scheduler.pop()
+    assert first is messages[0] and scheduler.pop() is messages[2] and scheduler.pop() is None
+    assert scheduler.release(first) is None
+    assert scheduler.pop() is messages[1]  # the next one in the lane runs, as after done()
+    assert tracker.pending("t", 0) == 3 and tracker.committable() == []  # but nothing was acked
+    assert tracker.positions() == [("t", 0, 0)]
+    scheduler.done(messages[1])
+    scheduler.release(messages[2])
+    assert tracker.committable() == [] and tracker.pending("t", 0) == 2
+    assert len(scheduler) == 0 and scheduler.pop() is None
+
+
+@pytest.mark.parametrize("ordering", ["key", "partition", "unordered"])
+def test_release_checks_its_argument_as_done_does(impl, ordering):
+    for tracker in (None, impl.OffsetTracker()):
+        scheduler = impl.Scheduler(ordering, 10, tracker)
+        for bad in (None, 5):
+            with pytest.raises(AttributeError):
+                scheduler.done(bad)
+            with pytest.raises(AttributeError):
+                scheduler.release(bad)
+        blank = Message("t")  # partition and offset None, as on an error event
+        if tracker is None:
+            scheduler.done(blank)
+            scheduler.release(blank)
+        else:
+            with pytest.raises(TypeError):
+                scheduler.done(blank)
+            with pytest.raises(TypeError):
+                scheduler.release(blank)
+            unknown = msg(3, partition=2)  # never tracked: neither complains
+            scheduler.done(unknown)
+            scheduler.release(unknown)
+
+
+def test_resume_passes_cancellation_to_the_handler(impl):
     cancelled = []
 
     async def handler(m):

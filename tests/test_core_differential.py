@@ -3,10 +3,12 @@
 Hypothesis draws sequences of operations, bad input included (None and non-message items, wrong argument
 types, unknown orderings, offsets that go backwards, acks of untracked offsets, drops of unknown partitions,
 zero and negative capacities and budgets, handlers that return, raise, suspend or are not coroutines at all),
-and applies each one to the Cython and to the pure-Python object. After every step the two must have returned
+and applies each one to the Cython and to the pure-Python object (a handler's BaseException included: drive()
+hands it back). After every step the two must have returned
 the same thing, or raised the same exception type with the same message, and must show the same state.
 """
 
+import asyncio
 import inspect
 import re
 import types
@@ -66,7 +68,7 @@ class Run:
         for side in range(2):
             try:
                 result = step(side)
-            except Exception as exc:
+            except BaseException as exc:  # a KeyboardInterrupt from a handler is an outcome to compare too
                 outcomes.append(("raised", self.norm(exc)))
                 results.append(exc)
             else:
@@ -183,12 +185,15 @@ tracker_ops = st.lists(
 
 def tracker_state(run, trackers):
     run.both(lambda i: trackers[i].partitions(), "partitions()")
+    windows = run.both(lambda i: trackers[i].window(), "window()")
     run.both(lambda i: trackers[i].positions(), "positions()")
     run.both(lambda i: trackers[i].frontiers(), "frontiers()")
     run.both(lambda i: len(trackers[i]), "len(tracker)")
     for topic, partition in trackers[0].partitions():
         run.both(lambda i, t=topic, p=partition: trackers[i].pending(t, p), "pending()")
         run.both(lambda i, t=topic, p=partition: trackers[i].window_size(t, p), "window_size()")
+    for tracker, window in zip(trackers, windows, strict=True):  # the running count is the sum it stands for
+        assert window == sum(tracker.window_size(t, p) for t, p in tracker.partitions())
 
 
 def tracker_step(run, fetcher, trackers, op):
@@ -239,8 +244,7 @@ def test_cython_and_python_trackers_agree(ops):
         for op, partition, offset in ops:
             if op == "t":
                 try:
-                    tracker.track("t", partition, offset)
-                    out.append("ok")
+                    out.append(tracker.track("t", partition, offset))  # None, or a restart going backwards
                 except ValueError:
                     out.append("ValueError")
             elif op == "a":
@@ -252,7 +256,14 @@ def test_cython_and_python_trackers_agree(ops):
             elif op == "f":
                 out.append(sorted(tracker.frontiers()))
             else:
-                out.append((sorted(tracker.positions()), len(tracker), tracker.pending("t", partition)))
+                out.append(
+                    (
+                        sorted(tracker.positions()),
+                        len(tracker),
+                        tracker.pending("t", partition),
+                        tracker.window(),
+                    )
+                )
         results.append(out)
     assert results[0] == results[1]
 
@@ -352,6 +363,27 @@ def make_handler(kind, seen):
         seen.append(m)
         yield "from a generator"
 
+    async def cancelled(m):  # a cancellation the engine did not ask for: a BaseException, handed back too
+        seen.append(m)
+        raise asyncio.CancelledError(f"cancelled {m.offset()}")
+
+    async def base_mixed(m):
+        seen.append(m)
+        offset = m.offset() or 0
+        if offset % 3 == 1:
+            raise KeyboardInterrupt(offset)
+        if offset % 3 == 2:
+            raise SystemExit(offset)
+        return offset
+
+    def exits_at_once(m):
+        seen.append(m)
+        raise SystemExit("no coroutine")
+
+    def stops_at_once(m):  # not a step's end: the call itself raised
+        seen.append(m)
+        raise StopIteration("no coroutine")
+
     return locals()[kind]
 
 
@@ -364,6 +396,10 @@ HANDLERS = [
     "raises_at_once",
     "iterator",
     "generator",
+    "cancelled",
+    "base_mixed",
+    "exits_at_once",
+    "stops_at_once",
 ]
 
 budgets = weighted((6, st.integers(1, 8)), (1, st.sampled_from(BAD_INTS + [0])))
@@ -381,6 +417,12 @@ scheduler_ops = st.lists(
             ),
         ),
         (2, st.tuples(st.just("done_batch"), st.integers(0, 4), containers)),
+        (
+            2,
+            st.tuples(
+                st.just("release"), st.integers(0, 10), st.sampled_from(["running"] * 6 + ["any", "none"])
+            ),
+        ),
         (2, st.tuples(st.just("drop"), st.sampled_from([*TOPICS, "v"]), st.integers(0, 2))),
         (1, st.tuples(st.just("drop"), st.sampled_from(TOPICS), bad_or_int)),
         (5, st.tuples(st.just("drive"), st.sampled_from(HANDLERS), budgets)),
@@ -436,8 +478,8 @@ class SchedulerRun:
             batch = outcome_of(run, lambda i: s[i].pop_batch(op[1]), f"pop_batch({op[1]!r})")
             if isinstance(batch, list):
                 self.handed_out(batch)
-        elif name == "done":
-            self.done(op[1], op[2])
+        elif name in ("done", "release"):
+            self.done(name, op[1], op[2])
         elif name == "done_batch":
             taken, self.running = self.running[: op[1]], self.running[op[1] :]
             messages = [msg for msg, _ in taken]
@@ -458,10 +500,11 @@ class SchedulerRun:
         elif name == "track" and self.trackers is not None:
             run.both(lambda i: self.trackers[i].track(*op[1:]), f"track{op[1:]}")
 
-    def done(self, index, kind):
+    def done(self, name, index, kind):
+        """``done()`` or ``release()`` of a handed-out message, or a misuse of either."""
         run, s = self.run, self.schedulers
         if kind == "none":
-            run.both(lambda i: s[i].done(None), "done(None)")
+            run.both(lambda i: getattr(s[i], name)(None), f"{name}(None)")
             return
         if kind == "running" and self.running:
             msg, _ = self.running.pop(index % len(self.running))
@@ -470,7 +513,7 @@ class SchedulerRun:
             if not shared:
                 return
             msg = shared[index % len(shared)]
-        run.both(lambda i: s[i].done(msg), "done()")
+        run.both(lambda i: getattr(s[i], name)(msg), f"{name}()")
 
     def drive(self, kind, budget):
         run, s = self.run, self.schedulers
@@ -480,8 +523,10 @@ class SchedulerRun:
             lambda i: cores()[i].drive(s[i], handlers[i], budget), f"drive({kind}, {budget!r})"
         )
         assert run.norm(seen[0]) == run.norm(seen[1]), "the handlers were called with different messages"
+        for result in results:  # what a handler raises comes back with its message, never out of drive()
+            assert not isinstance(result, BaseException) or isinstance(result, Exception), result
         if isinstance(results[0], Exception):
-            if seen[0]:  # the handler raised at once, or done() did: that message is neither held nor done
+            if seen[0]:  # done() raised (a bad message): that message is neither held nor done
                 self.running.append((seen[0][-1], None))
             return
         (_, pending_c), (_, pending_py) = results
