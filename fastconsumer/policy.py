@@ -31,6 +31,8 @@ class Outcome(enum.Enum):
     DEAD_LETTERED = "dead_lettered"  # the policy wrote it elsewhere
     STOPPED = "stopped"  # the policy stopped the consumer: it stays uncommitted
     INTERRUPTED = "interrupted"  # a stop came while it waited for a retry: it stays uncommitted
+    REVOKED = "revoked"  # its partition was revoked first: left uncommitted for the next owner
+    FATAL = "fatal"  # the handler raised what ends the process (SystemExit, KeyboardInterrupt): uncommitted
 
     @property
     def done(self) -> bool:

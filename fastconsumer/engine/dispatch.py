@@ -1,5 +1,9 @@
 """Dispatch: ``concurrency`` workers take runnable messages from the scheduler and run the handler.
 
+A handler that raises anything, a cancellation the engine did not ask for included, is a failed call for
+``Recovery``; one that raises ``SystemExit`` or ``KeyboardInterrupt`` stops the run with it. The engine
+cancels a call only when it abandons it (a stop's timeout) or at a revoke's deadline.
+
 The hot path. A worker first lets ``drive()`` run handlers that finish without suspending inside the core
 (no Task, no loop trip); the first one that suspends is awaited through ``Resume``. Batch handlers get a
 lane-ordered list per call. Whatever else must happen after a message is handled (room for the fetcher,
@@ -18,6 +22,7 @@ from confluent_kafka import Message
 
 from fastconsumer.engine.retry import Recovery
 from fastconsumer.engine.stats import Partition, Stats
+from fastconsumer.policy import Outcome
 
 if TYPE_CHECKING:
     from fastconsumer._core_py import Scheduler
@@ -50,6 +55,7 @@ class Dispatcher:
         recovery: Recovery,
         stats: Stats,
         stop_at: int,
+        fatal: Callable[[BaseException], None],
     ) -> None:
         self.scheduler = scheduler
         self.phase = RUNNING
@@ -62,10 +68,28 @@ class Dispatcher:
         self._drive = impl.drive
         self._resume = impl.Resume
         self._call = call
-        self._recover = recovery.recover
+        self._recovery = recovery
+        self._fatal = fatal
         self._idle: deque[asyncio.Future[None]] = deque()
         self._fill_to: dict[Partition, int] = {}
         self._watchers: list[Callable[[], bool]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        # What each worker's suspended call handles (a message, or a batch's list), for a revoke's deadline.
+        self._current: list[Any] = []
+        self._revoke_cancelled: set[int] = set()  # workers whose call a revoke cancelled
+        self._gave_up: Callable[[list[Message]], None] = lambda messages: None
+
+    def start(self, concurrency: int, batch_size: int | None) -> list[asyncio.Task[None]]:
+        """The workers; ``batch_size`` for a batch handler."""
+        self._current = [None] * concurrency
+        self._tasks = [
+            self._loop.create_task(
+                self._batch_worker(i, batch_size) if batch_size is not None else self._worker(i),
+                name=f"fastconsumer-worker-{i}",
+            )
+            for i in range(concurrency)
+        ]
+        return self._tasks
 
     def watch(self, watcher: Callable[[], bool]) -> None:
         """Call ``watcher`` after messages are handled while ``attention`` is set; it returns whether it
@@ -107,6 +131,26 @@ class Dispatcher:
         if self.stats.in_flight == 0 and (not handing_out or self.scheduler.ready() == 0):
             self.quiet.set()
 
+    # -- revokes
+
+    def on_give_up(self, gave_up: Callable[[list[Message]], None]) -> None:
+        """Told of the messages of revoked partitions that are left unhandled (their lanes released)."""
+        self._gave_up = gave_up
+
+    def cancel(self, partitions: set[Partition]) -> int:
+        """Cancel the running calls that handle only messages of ``partitions``; how many. A batch that
+        also holds other partitions' messages runs on: those must not be left half-done."""
+        cancelled = 0
+        for i, current in enumerate(self._current):
+            if current is None:
+                continue
+            messages = current if isinstance(current, list) else [current]
+            if all((m.topic(), m.partition()) in partitions for m in messages):
+                self._revoke_cancelled.add(i)
+                self._tasks[i].cancel()
+                cancelled += 1
+        return cancelled
+
     # -- waiting for work
 
     def wake(self, n: int) -> None:
@@ -129,12 +173,13 @@ class Dispatcher:
 
     # -- the workers
 
-    async def worker(self) -> None:
+    async def _worker(self, i: int) -> None:
         scheduler = self.scheduler
         stats = self.stats
         handler = self._call
         drive = self._drive
         resume = self._resume
+        current = self._current
         while True:
             phase = self.phase
             if phase is RUNNING:
@@ -167,6 +212,7 @@ class Dispatcher:
             else:
                 await self._wait_for_work()
                 continue
+            current[i] = msg
             try:
                 if coro is not None:
                     await resume(coro, first)
@@ -174,27 +220,22 @@ class Dispatcher:
                     raise first  # the handler raised before it first suspended
                 else:
                     await handler(msg)
-            except Exception as exc:
-                outcome = await self._recover([msg], exc, msg)
-                stats.in_flight -= 1
-                if not outcome.done:
-                    self.check_quiet()
-                    continue
-                scheduler.done(msg)
-                if outcome is outcome.HANDLED:
-                    stats.handled += 1
-                self.after_handled()
+            except BaseException as exc:
+                await self._failed(i, [msg], exc, msg)
+                current[i] = None
                 continue
+            current[i] = None
             stats.in_flight -= 1
             scheduler.done(msg)
             stats.handled += 1
             if self.attention or stats.handled >= self.stop_at:
                 self.after_handled()
 
-    async def batch_worker(self, size: int) -> None:
+    async def _batch_worker(self, i: int, size: int) -> None:
         scheduler = self.scheduler
         stats = self.stats
         handler = self._call
+        current = self._current
         while True:
             phase = self.phase
             if phase is CLOSING:
@@ -207,18 +248,66 @@ class Dispatcher:
                 continue
             n = len(messages)
             stats.in_flight += n
+            current[i] = messages
             try:
                 await handler(messages)
-                handled = n
-            except Exception as exc:
-                outcome = await self._recover(messages, exc, messages)
-                if not outcome.done:
-                    stats.in_flight -= n
-                    self.check_quiet()
-                    continue
-                handled = n if outcome is outcome.HANDLED else 0
+            except BaseException as exc:
+                await self._failed(i, messages, exc, messages)
+                current[i] = None
+                continue
+            current[i] = None
             stats.in_flight -= n
             scheduler.done_batch(messages)
-            stats.handled += handled
+            stats.handled += n
             self.after_handled()
             await asyncio.sleep(0)
+
+    async def _failed(self, i: int, messages: list[Message], error: BaseException, arg: Any) -> None:
+        """A call that raised: settle it (retries, the policy), then account for how it ended."""
+        outcome = await self._outcome(i, messages, error, arg)
+        self.stats.in_flight -= len(messages)
+        scheduler = self.scheduler
+        if outcome.done:
+            scheduler.done_batch(messages)
+            if outcome is Outcome.HANDLED:
+                self.stats.handled += len(messages)
+            self.after_handled()
+        elif outcome is Outcome.REVOKED:
+            for msg in messages:  # the lane passes on; the offset stays unacked, for the next owner
+                scheduler.release(msg)
+            self._gave_up(messages)
+            self.after_handled()
+        else:  # stopped, interrupted, fatal: the lanes stay held, nothing at or after them is committed
+            self.check_quiet()
+
+    async def _outcome(self, i: int, messages: list[Message], error: BaseException, arg: Any) -> Outcome:
+        while True:
+            try:
+                if isinstance(error, asyncio.CancelledError):
+                    if i in self._revoke_cancelled:  # a revoke's deadline: the engine asked for it
+                        self._revoke_cancelled.discard(i)
+                        _uncancel()
+                        return Outcome.REVOKED
+                    if self.phase is CLOSING:  # a stop abandons the call: the engine asked for it
+                        raise error
+                if not isinstance(error, Exception | asyncio.CancelledError):
+                    self._fatal(error)
+                    return Outcome.FATAL
+                return await self._recovery.recover(
+                    messages, error, arg, lambda: i in self._revoke_cancelled or self.phase is CLOSING
+                )
+            except asyncio.CancelledError as again:  # cancelled while retrying: look at why, as above
+                if error is again:
+                    raise
+                error = again
+            except BaseException as fatal:  # SystemExit or KeyboardInterrupt from a retry or the policy
+                if isinstance(fatal, Exception):
+                    raise
+                error = fatal
+
+
+def _uncancel() -> None:
+    """Take back the cancellation the engine asked for, so the worker task goes on (Python 3.11+)."""
+    task = asyncio.current_task()
+    if task is not None and hasattr(task, "uncancel"):
+        task.uncancel()

@@ -1,7 +1,9 @@
-"""Fetching with back-pressure: messages held (buffered and in flight) stay under the engine's cap.
+"""Fetching with back-pressure: messages held (buffered and in flight) stay under the engine's cap, and
+the offsets tracked (the uncommitted window, handled ones above a stuck message included) under its window.
 
-At the cap the fetch loop waits until the workers have brought the count down by a batch; the source keeps
-its group membership meanwhile (the Kafka source pauses its partitions but goes on polling).
+At either limit the fetch loop waits until the workers have made a batch of room; the source keeps its
+group membership meanwhile (the Kafka source pauses its partitions but goes on polling). A partition whose
+offsets go backwards (an offset reset, a re-created topic) starts over, with a warning.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from fastconsumer.engine.dispatch import RUNNING, Dispatcher
 from fastconsumer.engine.settings import Settings
-from fastconsumer.engine.stats import Stats
+from fastconsumer.engine.stats import Partition, Stats
 from fastconsumer.sources.base import Source
 
 if TYPE_CHECKING:
@@ -32,6 +34,7 @@ class Fetcher:
         stats: Stats,
         settings: Settings,
         stop: Callable[[], None],
+        restarted: Callable[[list[Partition]], None],
     ) -> None:
         self.source = source
         self.scheduler = scheduler
@@ -41,6 +44,8 @@ class Fetcher:
         self.batch_size = settings.batch_size
         self.cap = settings.cap
         self.low_water = settings.cap - settings.batch_size
+        self.window = settings.window
+        self.restarted = restarted
         self.exit_at_end = settings.exit_at_end
         self.stop = stop
         self._space = asyncio.Event()
@@ -53,9 +58,10 @@ class Fetcher:
         scheduler = self.scheduler
         stats = self.stats
         dispatcher = self.dispatcher
+        tracker = self.tracker
         batch_size = self.batch_size
         while dispatcher.phase is RUNNING:
-            room = self.cap - len(scheduler) - stats.in_flight
+            room = min(self.cap - len(scheduler) - stats.in_flight, self.window - tracker.window())
             if room < batch_size:
                 self._space.clear()
                 self._space_wanted = True
@@ -71,13 +77,33 @@ class Fetcher:
                     self._end_if_all_handled()
                 continue
             self._at_end = False
-            self.tracker.track_messages(messages)
+            restarts = tracker.track_messages(messages)
+            if restarts:
+                self._restart(restarts)
             scheduler.extend(messages)
             stats.consumed += len(messages)
             dispatcher.wake(scheduler.ready())
 
+    def _restart(self, restarts: list[tuple[str, int, int, int]]) -> None:
+        for topic, partition, last, offset in restarts:
+            log.warning(
+                "%s[%d]: offset %d after %d: the partition's offsets went back (reset or re-created); "
+                "tracking it anew from there",
+                topic,
+                partition,
+                offset,
+                last,
+            )
+        # What was fetched before still runs: below the new window its acks count for nothing; above, an
+        # offset the source delivers again is the same message (a seek back), and is handled either way.
+        self.restarted([(t, p) for t, p, _, _ in restarts])
+
     def _watch(self) -> bool:
-        if self._space_wanted and len(self.scheduler) + self.stats.in_flight <= self.low_water:
+        if (
+            self._space_wanted
+            and len(self.scheduler) + self.stats.in_flight <= self.low_water
+            and self.tracker.window() <= self.window - self.batch_size
+        ):
             self._space_wanted = False
             self._space.set()
         if self._at_end:

@@ -22,7 +22,7 @@ from fastconsumer.engine.fetch import Fetcher
 from fastconsumer.engine.rebalance import Rebalance
 from fastconsumer.engine.retry import Recovery
 from fastconsumer.engine.settings import Settings
-from fastconsumer.engine.stats import Stats
+from fastconsumer.engine.stats import Partition, Stats
 from fastconsumer.loops import loop_name
 from fastconsumer.policy import Policy
 from fastconsumer.sources.base import Source
@@ -58,15 +58,31 @@ class Run:
         self.batch = handlers.is_batch(handler)
         self.tracker = impl.OffsetTracker()
         self.scheduler = impl.Scheduler(settings.ordering, settings.cap, self.tracker)
-        self.recovery = Recovery(settings, policy, call, stats, self.stopping, self.fail)
+        revoking: set[Partition] = set()
+        revoked = asyncio.Event()
+        self.recovery = Recovery(settings, policy, call, stats, self.stopping, self.fail, revoking, revoked)
         stop_at = settings.max_messages if settings.max_messages is not None else 2**63
-        self.dispatcher = Dispatcher(self.scheduler, impl, call, self.recovery, stats, stop_at)
-        self.fetcher = Fetcher(
-            source, self.scheduler, self.tracker, self.dispatcher, stats, settings, self.stop
-        )
+        self.dispatcher = Dispatcher(self.scheduler, impl, call, self.recovery, stats, stop_at, self.fail)
         self.committer = Committer(source, self.tracker, stats, settings.commit_interval)
+        self.fetcher = Fetcher(
+            source,
+            self.scheduler,
+            self.tracker,
+            self.dispatcher,
+            stats,
+            settings,
+            self.stop,
+            self.committer.reset,
+        )
         self.listener = Rebalance(
-            self.scheduler, self.tracker, self.dispatcher, self.committer, stats, settings.shutdown_timeout
+            self.scheduler,
+            self.tracker,
+            self.dispatcher,
+            self.committer,
+            stats,
+            settings.shutdown_timeout,
+            revoking,
+            revoked,
         )
         self.dispatcher.watch(self._watch_limit)
 
@@ -92,11 +108,14 @@ class Run:
         return False
 
     def _task_ended(self, task: asyncio.Task[None]) -> None:
-        """A fetcher or worker that dies of an exception stops the run with that error, not silently."""
-        if task.cancelled() or task.exception() is None:
-            return
-        error = task.exception()
-        assert error is not None
+        """A fetcher, committer or worker that ends before the stop asked for it (an exception, or a
+        cancellation from elsewhere) stops the run with that error, not silently."""
+        if self.stopping.is_set() and (task.cancelled() or task.exception() is None):
+            return  # ended by the stop
+        if task.cancelled():
+            error: BaseException = RuntimeError(f"{task.get_name()} was cancelled from outside the consumer")
+        else:
+            error = task.exception() or RuntimeError(f"{task.get_name()} returned while running")
         self.fail(error, task.get_name())
 
     async def main(self, opened: Callable[[], None]) -> None:
@@ -115,15 +134,8 @@ class Run:
         )
         fetcher = loop.create_task(self.fetcher.loop(), name="fastconsumer-fetch")
         committer = loop.create_task(self.committer.loop(), name="fastconsumer-commit")
-        dispatcher = self.dispatcher
-        workers = [
-            loop.create_task(
-                dispatcher.batch_worker(settings.batch_size) if self.batch else dispatcher.worker(),
-                name=f"fastconsumer-worker-{i}",
-            )
-            for i in range(settings.concurrency)
-        ]
-        for task in (fetcher, *workers):
+        workers = self.dispatcher.start(settings.concurrency, settings.batch_size if self.batch else None)
+        for task in (fetcher, committer, *workers):
             task.add_done_callback(self._task_ended)
         try:
             await self.stopping.wait()

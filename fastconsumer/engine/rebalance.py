@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from typing import TYPE_CHECKING
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaException, Message, TopicPartition
 
 from fastconsumer.engine.commits import Committer
 from fastconsumer.engine.dispatch import CLOSING, Dispatcher
@@ -18,10 +19,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fastconsumer")
 
+#: How long a revoke waits for the calls it cancelled at its deadline to unwind.
+UNWIND = 1.0
+
 
 class Rebalance(SourceListener):
-    """A revoke stops handing out the partitions' messages, lets their running handlers finish (for at most
-    ``timeout``), forgets them, and gives the source their safe offsets to commit before they go."""
+    """A revoke stops handing out the partitions' messages and stops retrying theirs, lets their running
+    handlers finish for at most ``timeout`` and cancels what still runs then, forgets the partitions, and
+    gives the source their safe offsets to commit before they go. Once it returns, nothing of those
+    partitions runs here: what was not finished is left uncommitted for the next owner."""
 
     def __init__(
         self,
@@ -31,6 +37,8 @@ class Rebalance(SourceListener):
         committer: Committer,
         stats: Stats,
         timeout: float,
+        revoking: set[Partition],
+        revoked: asyncio.Event,
     ) -> None:
         self.scheduler = scheduler
         self.tracker = tracker
@@ -38,39 +46,47 @@ class Rebalance(SourceListener):
         self.committer = committer
         self.stats = stats
         self.timeout = timeout
-        self._revoking: set[Partition] = set()
+        self.revoking = revoking  # shared with Recovery, which neither retries nor settles their messages
+        self.revoked = revoked  # wakes retry backoffs when a revoke begins
+        self._gave_up: collections.Counter[Partition] = collections.Counter()
         self._handled = asyncio.Event()  # set after messages are handled while a revoke waits
         dispatcher.watch(self._watch)
+        dispatcher.on_give_up(self._give_up)
 
     def on_commit(self, offsets: list[TopicPartition], error: KafkaException | None) -> None:
         self.committer.on_commit(offsets, error)
 
     async def on_revoke(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
-        keys = [(tp.topic, tp.partition) for tp in partitions]
+        keys = {(tp.topic, tp.partition) for tp in partitions}
         queued = {key: self.scheduler.drop(*key) for key in keys}
-        self._revoking.update(keys)
+        self.revoking.update(keys)
+        self.revoked.set()
+        self.revoked.clear()
         self.dispatcher.attention = True
         try:
             # Once the workers are gone (the run is closing) no handler can still be running; a failed or
             # abandoned message stays unacked for good, so waiting for it would only wait out the timeout.
-            if self.dispatcher.phase is not CLOSING:
-                waited = asyncio.ensure_future(self._until_handled(queued))
-                done, _ = await asyncio.wait([waited], timeout=self.timeout)
-                if not done:
-                    waited.cancel()
-                    log.warning(
-                        "revoke: handlers still running after %ss; their messages go back", self.timeout
-                    )
+            if self.dispatcher.phase is not CLOSING and not await self._until_handled(queued, self.timeout):
+                cancelled = self.dispatcher.cancel(keys)
+                log.warning(
+                    "revoke: %d handler call(s) still running after %ss cancelled; their messages go back",
+                    cancelled,
+                    self.timeout,
+                )
+                await self._until_handled(queued, UNWIND)
         finally:
-            self._revoking.difference_update(keys)
+            self.revoking.difference_update(keys)
+            for key in keys:
+                self._gave_up.pop(key, None)
         committed = self.stats.committed
         offsets = [
             TopicPartition(t, p, o)
             for t, p, o in self.tracker.positions()
-            if (t, p) in queued and committed.get((t, p)) != o
+            if (t, p) in keys and o > committed.get((t, p), -1)
         ]
         for key in keys:
             self.tracker.drop(*key)
+        self.committer.forget(keys)
         return offsets  # the source commits them and reports the result to on_commit
 
     def on_lost(self, partitions: list[TopicPartition]) -> None:
@@ -78,15 +94,32 @@ class Rebalance(SourceListener):
         for key in keys:
             self.scheduler.drop(*key)
             self.tracker.drop(*key)
-        self.committer.forget(keys)
+        self.committer.reset(keys)
 
-    async def _until_handled(self, queued: dict[Partition, int]) -> None:
-        while any(self.tracker.pending(*key) > n for key, n in queued.items()):
-            self._handled.clear()
-            await self._handled.wait()
+    async def _until_handled(self, queued: dict[Partition, int], timeout: float) -> bool:
+        """Wait until every message of the partitions fetched and not dropped is handled or given up."""
+
+        async def wait() -> None:
+            gave_up = self._gave_up
+            while any(self.tracker.pending(*key) > n + gave_up[key] for key, n in queued.items()):
+                self._handled.clear()
+                await self._handled.wait()
+
+        try:
+            await asyncio.wait_for(wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def _give_up(self, messages: list[Message]) -> None:
+        for msg in messages:
+            key = (msg.topic(), msg.partition())
+            if key in self.revoking:
+                self._gave_up[key] += 1
+        self._handled.set()
 
     def _watch(self) -> bool:
-        if self._revoking:
+        if self.revoking:
             self._handled.set()
             return True
         return False

@@ -23,7 +23,9 @@ class Recovery:
 
     While a call waits for its retry its slot stays taken and its lane held: later messages of the key wait,
     other keys go on. ``stopped`` cuts the backoff short. A message the policy stops on caps its partition
-    at its offset (``failed_at``) and ``fail`` stops the run.
+    at its offset (``failed_at``) and ``fail`` stops the run. Once a revoke of its partitions has begun
+    (``revoking``; ``revoked`` wakes a backoff) a call is neither retried nor given to the policy: the next
+    owner handles it.
     """
 
     def __init__(
@@ -34,6 +36,8 @@ class Recovery:
         stats: Stats,
         stopped: asyncio.Event,
         fail: Callable[[BaseException], None],
+        revoking: set[Partition],
+        revoked: asyncio.Event,
     ) -> None:
         self.retries = settings.retries
         self.backoff = settings.retry_backoff_ms / 1000.0
@@ -43,12 +47,20 @@ class Recovery:
         self.stats = stats
         self.stopped = stopped
         self.fail = fail
+        self.revoking = revoking
+        self.revoked = revoked
         self.failed_at: dict[Partition, int] = {}  # lowest offset per partition the policy stopped on
 
-    async def recover(self, messages: list[Message], error: Exception, arg: Any) -> Outcome:
-        """``arg`` is what the handler takes: the message, or the list for a batch handler."""
+    async def recover(
+        self, messages: list[Message], error: BaseException, arg: Any, ours: Callable[[], bool]
+    ) -> Outcome:
+        """``arg`` is what the handler takes: the message, or the list for a batch handler. ``error`` is
+        an ``Exception``, or a ``CancelledError`` the engine did not ask for; ``ours()`` tells whether a
+        cancellation is the engine's, which is then raised for the worker to settle."""
         attempts = 1
         while attempts <= self.retries:
+            if self._revoked(messages):
+                return Outcome.REVOKED
             delay = min(self.backoff_max, self.backoff * 2 ** (attempts - 1)) * random.uniform(0.5, 1.0)
             first = messages[0]
             log.warning(
@@ -65,12 +77,18 @@ class Recovery:
             self.stats.retried += len(messages)
             if await self._stopped_within(delay):
                 return Outcome.INTERRUPTED  # not handled, not failed: delivered again next time
+            if self._revoked(messages):
+                return Outcome.REVOKED
             try:
                 await self.call(arg)
                 return Outcome.HANDLED
-            except Exception as again:
+            except (Exception, asyncio.CancelledError) as again:
+                if isinstance(again, asyncio.CancelledError) and ours():
+                    raise
                 error = again
                 attempts += 1
+        if self._revoked(messages):
+            return Outcome.REVOKED
         self.stats.failed += len(messages)
         cause: BaseException = error
         try:
@@ -80,7 +98,9 @@ class Recovery:
                     f"error policy {self.policy.name} returned {outcome!r}; "
                     "return Outcome.SKIPPED, Outcome.DEAD_LETTERED or Outcome.STOPPED"
                 )
-        except Exception as policy_error:  # a policy that fails cannot vouch for the message
+        except (Exception, asyncio.CancelledError) as policy_error:  # it cannot vouch for the message
+            if isinstance(policy_error, asyncio.CancelledError) and ours():
+                raise
             log.error("error policy %s failed: %s", self.policy.name, policy_error)
             cause, outcome = policy_error, Outcome.STOPPED
         if outcome is Outcome.SKIPPED:
@@ -95,14 +115,23 @@ class Recovery:
             self.fail(HandlerError.for_message(messages[0], cause))
         return outcome
 
+    def _revoked(self, messages: list[Message]) -> bool:
+        """All of them belong to partitions being revoked (a batch with others runs its course)."""
+        revoking = self.revoking
+        return bool(revoking) and all((m.topic(), m.partition()) in revoking for m in messages)
+
     async def _stopped_within(self, delay: float) -> bool:
+        """Wait out a backoff; True when a stop came meanwhile. A revoke cuts it short too."""
         if self.stopped.is_set():
             return True
+        stopped = asyncio.ensure_future(self.stopped.wait())
+        revoked = asyncio.ensure_future(self.revoked.wait())
         try:
-            await asyncio.wait_for(self.stopped.wait(), delay)
-        except asyncio.TimeoutError:
-            return False
-        return True
+            await asyncio.wait([stopped, revoked], timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            revoked.cancel()
+        return self.stopped.is_set()
 
 
 def _position(msg: Message) -> tuple[Partition, int]:

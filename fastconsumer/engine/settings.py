@@ -21,6 +21,7 @@ class Settings:
     ordering: str = "key"
     batch_size: int = 500
     max_buffered: int | None = None  # None: 4 x batch_size or 4 x concurrency, whichever is larger
+    max_window: int | None = None  # None: 10 x max_buffered
     commit_interval: float = 1.0
     shutdown_timeout: float = 30.0
     max_messages: int | None = None
@@ -41,6 +42,10 @@ class Settings:
                 raise ConfigError(
                     f"max_buffered ({self.max_buffered}) must be >= batch_size ({self.batch_size})"
                 )
+        if self.max_window is not None:
+            _check_int("max_window", self.max_window, 1)
+            if self.max_window < self.cap:
+                raise ConfigError(f"max_window ({self.max_window}) must be >= max_buffered ({self.cap})")
         _check_seconds("commit_interval", self.commit_interval, positive=True)
         _check_seconds("shutdown_timeout", self.shutdown_timeout, positive=False)
         if self.max_messages is not None:
@@ -62,6 +67,12 @@ class Settings:
         if self.max_buffered is not None:
             return self.max_buffered
         return max(4 * self.batch_size, 4 * self.concurrency)
+
+    @property
+    def window(self) -> int:
+        """Offsets the engine tracks at most: from each partition's lowest unfinished offset to the newest
+        fetched, handled ones between included. A handler stuck on one message stops fetching here."""
+        return self.max_window if self.max_window is not None else 10 * self.cap
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:

@@ -21,8 +21,8 @@ class SourceListener(abc.ABC):
 
     @abc.abstractmethod
     def on_commit(self, offsets: list[TopicPartition], error: KafkaException | None) -> None:
-        """A commit requested with ``Source.commit`` (or made for a revoke) finished; ``error`` is None when
-        it succeeded."""
+        """A commit requested with ``Source.commit`` (or made for a revoke) finished: ``offsets`` as
+        committed; ``error`` fails them all, a partition's ``TopicPartition.error`` that one alone."""
 
     @abc.abstractmethod
     async def on_revoke(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
@@ -82,8 +82,9 @@ class Source(abc.ABC):
         """Request an asynchronous commit; its result reaches ``listener.on_commit``."""
 
     @abc.abstractmethod
-    async def commit_sync(self, offsets: list[TopicPartition]) -> None:
-        """Commit and wait for the result; raise if it failed."""
+    async def commit_sync(self, offsets: list[TopicPartition]) -> list[TopicPartition]:
+        """Commit and wait; return the offsets as committed (a source may commit further than asked, past
+        offsets that hold no message, such as transaction markers). Raise if any partition failed."""
 
     @abc.abstractmethod
     def at_end(self) -> bool:

@@ -171,9 +171,10 @@ class MemorySource(Source):
         assert self._loop is not None and self._listener is not None
         self._loop.call_soon(self._listener.on_commit, offsets, None)
 
-    async def commit_sync(self, offsets: list[TopicPartition]) -> None:
+    async def commit_sync(self, offsets: list[TopicPartition]) -> list[TopicPartition]:
         self.log.commit(self.group, offsets)
         self.stats.commits += 1
+        return offsets
 
     def at_end(self) -> bool:
         ends = [self.log.end_offset(p) for p in range(len(self._positions))]
