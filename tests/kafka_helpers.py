@@ -12,15 +12,25 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 TIMEOUT = 30.0  # seconds for any one broker request or wait
 BROKER_PY = Path(__file__).resolve().parents[1] / "dev" / "broker.py"
+T = TypeVar("T")
 
 
 def local_broker_module() -> ModuleType:
@@ -116,17 +126,78 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         c.close()
 
 
+#: What a coordinator says while it moves or loads (a broker restart, a new group): ask again.
+COORDINATOR_RETRIABLE = {
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError._TIMED_OUT,
+}
+
+
+def _retriable(error: KafkaError | None) -> bool:
+    return error is not None and (error.code() in COORDINATOR_RETRIABLE or error.retriable())
+
+
+def retrying(request: Callable[[], T], what: str, timeout: float = TIMEOUT) -> T:
+    """``request()`` again, with backoff, while Kafka answers with a retriable error, until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.1
+    while True:
+        try:
+            return request()
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if not _retriable(error) or time.monotonic() + delay > deadline:
+                raise AssertionError(f"{what}: {exc}") from exc
+        time.sleep(delay)  # a backoff between requests, not a wait for a condition
+        delay = min(2 * delay, 2.0)
+
+
+def committed_of(c: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
+    """``c.committed(partitions)``, asked again while the coordinator moves or loads."""
+
+    def ask() -> list[TopicPartition]:
+        tps = c.committed(partitions, timeout=TIMEOUT)
+        errors = [tp.error for tp in tps if tp.error is not None]
+        if errors:
+            raise KafkaException(errors[0])
+        return tps
+
+    return retrying(ask, "committed offsets")
+
+
 def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     """``group``'s committed offset of each of ``topic``'s partitions; partitions it never committed are left
     out. Read without joining the group, so a running member of it is not disturbed."""
     c = _consumer(bootstrap, group)
     try:
-        tps = c.committed([TopicPartition(topic, p) for p in _partitions(c, topic)], timeout=TIMEOUT)
-        errors = [tp.error for tp in tps if tp.error is not None]
-        assert not errors, errors
+        tps = committed_of(c, [TopicPartition(topic, p) for p in _partitions(c, topic)])
         return {tp.partition: tp.offset for tp in tps if tp.offset >= 0}
     finally:
         c.close()
+
+
+def produce_transactions(
+    bootstrap: str, topic: str, transactions: Sequence[tuple[bool, Sequence[tuple[int, bytes]]]]
+) -> None:
+    """Write each transaction's ``(partition, value)`` records with one transactional producer, then commit
+    the transaction (``True``) or abort it (``False``). Each ends with a commit or abort marker on every
+    partition it wrote to: an offset that holds no message."""
+    producer = Producer(
+        _quiet({"bootstrap.servers": bootstrap, "transactional.id": f"tx-{uuid.uuid4().hex}"})
+    )
+    producer.init_transactions(TIMEOUT)
+    for commit, records in transactions:
+        producer.begin_transaction()
+        for partition, value in records:
+            producer.produce(topic, value=value, partition=partition)
+        producer.flush(TIMEOUT)
+        if commit:
+            producer.commit_transaction(TIMEOUT)
+        else:
+            producer.abort_transaction(TIMEOUT)
 
 
 def read_topic(bootstrap: str, topic: str, timeout: float = 60.0) -> list[Message]:

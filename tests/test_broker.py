@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tests.kafka_helpers import BROKER_PY, local_broker_module
+from tests.kafka_helpers import BROKER_PY, committed_of, local_broker_module, retrying
 
 PARTITIONS = 4
 MESSAGES = 1000
@@ -51,8 +51,8 @@ def consume(c: Consumer, want: int, commit: bool) -> dict[tuple[int, int], bytes
             if m.error():
                 raise AssertionError(f"consumer error: {m.error()}")
             got[(m.partition(), m.offset())] = m.value()
-        if batch and commit:
-            c.commit(asynchronous=False)  # commits the positions after this batch
+        if batch and commit:  # commits the positions after this batch
+            retrying(lambda: c.commit(asynchronous=False), "commit")
         return len(got) >= want
 
     wait_until(step, f"{want} messages (have {len(got)})")
@@ -68,8 +68,7 @@ def group_state(bootstrap: str, group: str, topic: str) -> tuple[dict[int, int],
     """
     c = consumer(bootstrap, group)
     try:
-        tps = c.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=TIMEOUT)
-        assert all(tp.error is None for tp in tps), [tp.error for tp in tps]
+        tps = committed_of(c, [TopicPartition(topic, p) for p in range(PARTITIONS)])
         high = {
             p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=TIMEOUT)[1]
             for p in range(PARTITIONS)
