@@ -4,6 +4,20 @@ librdkafka's consumer is not meant to be shared between threads, and its rebalan
 ``consume()``; so fetches, commits, pause/resume and rebalances all happen on this thread, which serves the
 event loop's commands (``commands.py``) in the order sent. Between commands it keeps polling: fetching ahead
 within what the engine's cap allows, or paused at the cap, so the member stays in the group.
+
+Commits past offsets that hold no message. A transactional producer ends each transaction with a commit or
+abort marker (a control record), which takes an offset but is never delivered; aborted records are not
+delivered either under read_committed. The engine commits one past the last message handled, which is then a
+marker's offset, and a partition whose log ends with a marker would never reach lag 0. What librdkafka does,
+checked against a broker with a transactional producer (librdkafka 2.16): ``position()`` is one past the last
+message ``consume()`` returned, and moves past markers and aborted records as ``consume()`` serves their
+control records: within the same call if the batch was not full, else at the next call, even one that returns
+nothing (``rd_kafka_fetch_op_app_prepare`` stores the position of a control record and drops it). It stops at
+the last stable offset (an open transaction) and never passes a message ``consume()`` did not return. So when
+every message this client delivered for a partition is handled (the engine asks for one past the last of
+them) and none is held back here, the partition's position is what to commit; and since a marker can be
+served after that commit (or written after it, under read_uncommitted), such partitions are watched
+(``_tail``) and their position committed when it moves without a message (``_follow_up``).
 """
 
 from __future__ import annotations
@@ -31,6 +45,25 @@ librdkafka_log = logging.getLogger("fastconsumer.librdkafka")
 
 # What _on_stats keeps of each partition's statistics.
 STATS_KEPT = ("hi_offset", "ls_offset", "lo_offset", "committed_offset", "consumer_lag", "fetchq_cnt")
+
+#: Seconds a synchronous commit goes on retrying a coordinator that moved, loads or timed out; a revoke's
+#: commit, which holds up the group's rebalance, gets less.
+COMMIT_RETRY_S = 5.0
+REVOKE_COMMIT_RETRY_S = 3.0
+#: Errors a commit is tried again for, besides those librdkafka marks retriable.
+RETRIABLE = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._WAIT_COORD,
+    }
+)
+#: Seconds between looks at the positions of caught-up partitions (``_follow_up``).
+FOLLOW_UP_S = 0.5
 
 T = TypeVar("T")
 
@@ -88,11 +121,20 @@ class Client:
         self._loop = loop
         self._log = _ClientLog()
         self._held: list[Message] = []  # fetched while nobody asked: handed out first next time
-        self._gone: set[Partition] = set()  # revoked or lost during the current fetch
+        # the offset of the last message handed to the engine, per partition since it was assigned
+        self._delivered: dict[Partition, int] = {}
+        # partitions whose every delivered message was handled as of their last commit here, with the
+        # offset committed then (-1: none yet, nothing delivered since the assignment)
+        self._tail: dict[Partition, int] = {}
+        self._follow_up_at = 0.0
+        self._one_topic = len(topics) == 1 and not topics[0].startswith("^")
         self._ahead = 0  # how many messages the engine's cap lets this thread hold for its next fetch
         self._paused = False
         self._reassigned = False
         self._commits_sent: deque[float] = deque()  # when each asynchronous commit in flight was sent
+        self._queued: dict[
+            Partition, TopicPartition
+        ] = {}  # asked while a commit was in flight (_commit_async)
         self.thread: threading.Thread | None = None
 
     def start(self, opened: asyncio.Future[None]) -> None:
@@ -153,12 +195,13 @@ class Client:
                 if room > 0:
                     # The engine is busy, not full: keep fetching ahead, within what its cap allowed.
                     self._set_paused(consumer, False)
-                    self._held.extend(self._consume(consumer, room))
+                    self._hold(consumer, room)
                 else:
                     # The engine is at its cap: pause, but keep polling so the member stays in the group
                     # and rebalances are served.
                     self._set_paused(consumer, True)
-                    self._held.extend(self._consume(consumer, 1000))
+                    self._hold(consumer, 1000)
+                self._between(consumer)
                 continue
             reply = None if isinstance(command, Commit) else command.reply
             try:
@@ -172,6 +215,18 @@ class Client:
                 raise
             if isinstance(command, Close):
                 return
+            self._between(consumer)
+
+    def _between(self, consumer: KafkaConsumer) -> None:
+        """After each command and each poll: send the commit queued behind one in flight, and commit the
+        positions of caught-up partitions that moved past markers."""
+        if self._queued and not self._commits_sent:
+            queued = [tp for key, tp in self._queued.items() if key in self.assignment]
+            self._queued.clear()
+            if queued:
+                self._commit_async(consumer, queued)
+        if self._tail:
+            self._follow_up(consumer)
 
     def _apply(self, consumer: KafkaConsumer, command: Command) -> None:
         """One command from the event loop; an exception raised here fails its reply."""
@@ -182,17 +237,23 @@ class Client:
             # A commit queued while a revoke was under way must not move a partition that left: its
             # synchronous commit on revoke is the newer one.
             offsets = [tp for tp in command.offsets if (tp.topic, tp.partition) in self.assignment]
-            if not offsets:
-                return
-            self._commits_sent.append(time.monotonic())
-            try:
-                consumer.commit(offsets=offsets, asynchronous=True)
-            except KafkaException as exc:
-                self._commits_sent.pop()  # no callback follows
-                self._report_commit(offsets, exc)
+            if offsets:
+                self._commit_async(consumer, self._settle(consumer, offsets))
         elif isinstance(command, CommitSync):
-            self._commit_sync(consumer, command.offsets)
-            _resolve(loop, command.reply, None)
+            owned = set(self.assignment)
+            self._await_commits(consumer, COMMIT_RETRY_S)
+            gone = owned - self.assignment  # revoked while waiting: the revoke committed them
+            offsets = [tp for tp in command.offsets if (tp.topic, tp.partition) not in gone]
+            for tp in offsets:  # older than this commit: never to be sent after it
+                self._queued.pop((tp.topic, tp.partition), None)
+            done = self._commit_sync(consumer, self._settle(consumer, offsets), COMMIT_RETRY_S)
+            failed = [tp for tp in done if tp.error is not None]
+            if failed:  # some partitions of a commit that did not fail as a whole
+                error = failed[0].error
+                assert error is not None
+                reason = f"commit of {_offsets(failed)} failed: {error.str()}"
+                raise KafkaException(KafkaError(error.code(), reason))
+            _resolve(loop, command.reply, done)
         else:
             try:
                 consumer.close()  # leaves the group: the revoke callback commits what is safe
@@ -202,26 +263,191 @@ class Client:
     def _fetch(self, consumer: KafkaConsumer, command: Fetch) -> None:
         wanted = command.wanted
         self._set_paused(consumer, False)
+        if len(self._held) < wanted:
+            # A revoke during this consume() drops the held messages of the partitions that left (they
+            # belong to the next owner); what it returns was fetched after it, from the partitions owned now.
+            self._hold(consumer, wanted - len(self._held))
         messages, self._held = self._held[:wanted], self._held[wanted:]
-        if len(messages) < wanted:
-            self._gone = set()
-            fresh = self._consume(consumer, wanted - len(messages))
-            if self._gone:  # held messages of partitions revoked meanwhile belong to the next owner
-                messages = [m for m in messages if (m.topic(), m.partition()) not in self._gone]
-            messages.extend(fresh)  # fetched after the rebalance: from the partitions owned now
         _resolve(self._loop, command.reply, messages)
+        if messages:
+            self._note_delivered(messages)
         # Fetch the next batch while the loop handles this one (librdkafka waits without the GIL).
         self._ahead = min(command.prefetch, wanted)
         prefetch = self._ahead - len(self._held)
         if prefetch > 0 and self.commands.empty():
-            self._held.extend(self._consume(consumer, prefetch, timeout=0))
+            self._hold(consumer, prefetch, timeout=0)
 
-    def _commit_sync(self, consumer: KafkaConsumer, offsets: list[TopicPartition]) -> None:
-        """Commit and wait, timed; librdkafka calls no on_commit for a synchronous commit."""
+    def _hold(self, consumer: KafkaConsumer, n: int, timeout: float | None = None) -> None:
+        """Fetch up to ``n`` more messages into ``_held``. Not ``self._held.extend(self._consume(...))``: that
+        binds the list before consume() runs, and a revoke inside it replaces the list, so the messages it
+        returns would go to the old one and be lost."""
+        fresh = self._consume(consumer, n, timeout)
+        if fresh:
+            self._held.extend(fresh)
+
+    def _note_delivered(self, messages: list[Message]) -> None:
+        """Remember the last offset handed to the engine per partition (a batch is in offset order per
+        partition). Keyed by partition number alone while one topic is consumed: the cheap pass."""
+        last: dict[Any, Message]
+        if self._one_topic:
+            last = {m.partition(): m for m in messages}
+        else:
+            last = {(m.topic(), m.partition()): m for m in messages}
+        delivered: dict[Any, Any] = self._delivered
+        for m in last.values():
+            delivered[(m.topic(), m.partition())] = m.offset()
+
+    # -- commits
+
+    def _held_keys(self) -> set[Partition]:
+        return {(m.topic(), m.partition()) for m in self._held}  # type: ignore[misc]
+
+    def _positions(self, consumer: KafkaConsumer, keys: list[Partition]) -> dict[Partition, int]:
+        """librdkafka's position of each partition where known: one past the last message consume()
+        returned, moved past the control records (and aborted records) it has served since."""
+        try:
+            found = consumer.position([TopicPartition(t, p) for t, p in keys])
+        except KafkaException:
+            return {}
+        return {(tp.topic, tp.partition): tp.offset for tp in found if tp.error is None and tp.offset >= 0}
+
+    def _settle(
+        self, consumer: KafkaConsumer, offsets: list[TopicPartition], held: set[Partition] | None = None
+    ) -> list[TopicPartition]:
+        """What to commit for the engine's ``offsets``: a partition asked for one past the last message
+        delivered (all delivered are handled), with nothing held back here, gets its position when that is
+        further (past markers and aborted records). Others as asked."""
+        delivered = self._delivered
+        asked = [
+            (tp.topic, tp.partition)
+            for tp in offsets
+            if delivered.get((tp.topic, tp.partition), -2) == tp.offset - 1
+        ]
+        if not asked:
+            return offsets
+        if held is None:
+            held = self._held_keys()
+        ready = {key for key in asked if key not in held}
+        if not ready:
+            return offsets
+        positions = self._positions(consumer, list(ready))
+        tail = self._tail
+        out = []
+        for tp in offsets:
+            key = (tp.topic, tp.partition)
+            if key in ready:
+                position = positions.get(key, -1)
+                if position > tp.offset:
+                    tp = TopicPartition(tp.topic, tp.partition, position)
+                tail[key] = tp.offset
+            out.append(tp)
+        return out
+
+    def _moved(
+        self, consumer: KafkaConsumer, keys: list[Partition], held: set[Partition]
+    ) -> list[TopicPartition]:
+        """Of ``keys`` (in ``_tail``), the positions that moved past their last commit here without a
+        message: over markers and aborted records served since. A partition that got a message since leaves
+        ``_tail``: the engine commits it once handled."""
+        tail, delivered = self._tail, self._delivered
+        quiet = []
+        for key in keys:
+            last = delivered.get(key)
+            if key in held or (last is not None and last >= tail[key]):
+                del tail[key]
+            else:
+                quiet.append(key)
+        if not quiet:
+            return []
+        out = []
+        for key, position in self._positions(consumer, quiet).items():
+            if position > tail[key]:
+                tail[key] = position
+                out.append(TopicPartition(key[0], key[1], position))
+        return out
+
+    def _follow_up(self, consumer: KafkaConsumer) -> None:
+        """Every FOLLOW_UP_S: commit, asynchronously, the caught-up partitions whose position moved past
+        markers since their last commit; the engine asks for nothing more until a message comes."""
+        now = time.monotonic()
+        if now < self._follow_up_at:
+            return
+        self._follow_up_at = now + FOLLOW_UP_S
+        assignment = self.assignment
+        for key in [key for key in self._tail if key not in assignment]:
+            del self._tail[key]
+        offsets = self._moved(consumer, list(self._tail), self._held_keys())
+        if offsets:
+            log.debug("committing past markers: %s", _offsets(offsets))
+            self._commit_async(consumer, offsets)
+
+    def _commit_async(self, consumer: KafkaConsumer, offsets: list[TopicPartition]) -> None:
+        """One asynchronous commit in flight at a time. librdkafka sends a commit the coordinator did not take
+        (it moved, or the broker restarted) again later, after the newer ones queued meanwhile, so it lands
+        last and takes the group's offset back (seen in a broker restart: 4281 committed after 4800). Offsets
+        asked while one is in flight wait in ``_queued``, the newest per partition, and go when it is done."""
+        if self._commits_sent:
+            for tp in offsets:
+                self._queued[(tp.topic, tp.partition)] = tp
+            return
+        self._commits_sent.append(time.monotonic())
+        try:
+            consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:
+            self._commits_sent.pop()  # no callback follows
+            self._report_commit(offsets, exc)
+
+    def _await_commits(self, consumer: KafkaConsumer, within: float) -> None:
+        """Wait up to ``within`` seconds for the asynchronous commit in flight, which could otherwise land
+        after a synchronous one and take it back. Polling serves its callback; a message the poll returns
+        waits in ``_held`` (and keeps that partition's commit from moving past it)."""
+        if not self._commits_sent:
+            return
+        self._set_paused(consumer, True)  # no fetching meanwhile; the next fetch resumes
+        deadline = time.monotonic() + within
+        while self._commits_sent and time.monotonic() < deadline:
+            self._hold(consumer, 1)
+
+    def _commit_sync(
+        self, consumer: KafkaConsumer, offsets: list[TopicPartition], within: float
+    ) -> list[TopicPartition]:
+        """Commit and wait, timed; librdkafka calls no on_commit for a synchronous commit. A coordinator
+        that moved, is loading or timed out (a retriable error, of the whole commit or of some partitions)
+        is tried again with backoff for ``within`` seconds. Returns each partition's result: its offset, and
+        its ``error`` where that partition failed; raises if the whole commit failed."""
         started = time.monotonic()
-        consumer.commit(offsets=offsets, asynchronous=False)
+        deadline = started + within
+        results: dict[Partition, TopicPartition] = {}
+        pending, backoff = offsets, 0.05
+        while True:
+            try:
+                done = consumer.commit(offsets=pending, asynchronous=False)
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if error is None or not _retriable(error) or time.monotonic() + backoff > deadline:
+                    if error is None:
+                        raise
+                    reason = f"commit of {_offsets(pending)} failed: {error.str()}"
+                    raise KafkaException(
+                        KafkaError(error.code(), reason, fatal=error.fatal(), retriable=error.retriable())
+                    ) from exc
+                log.debug("commit failed, retrying: %s", error)
+            else:
+                for tp in done or ():
+                    results[(tp.topic, tp.partition)] = tp
+                retry = [tp for tp in done or () if tp.error is not None and _retriable(tp.error)]
+                if not retry or time.monotonic() + backoff > deadline:
+                    break
+                log.debug("commit of %s failed, retrying: %s", _offsets(retry), retry[0].error)
+                again = {(tp.topic, tp.partition) for tp in retry}
+                pending = [tp for tp in offsets if (tp.topic, tp.partition) in again]
+            time.sleep(backoff)
+            backoff = min(2 * backoff, 0.5)
         self.stats.commit_latency.observe(time.monotonic() - started)
-        self.stats.commits += 1
+        out = [results.get((tp.topic, tp.partition), tp) for tp in offsets]
+        if all(tp.error is None for tp in out):
+            self.stats.commits += 1
+        return out
 
     def _consume(self, consumer: KafkaConsumer, n: int, timeout: float | None = None) -> list[Message]:
         batch = consumer.consume(num_messages=n, timeout=self.poll_timeout if timeout is None else timeout)
@@ -281,6 +507,9 @@ class Client:
         else:
             self.assignment |= keys
         self.eof -= keys
+        for key in keys:  # nothing delivered yet: a position moved by markers alone is committed
+            self._delivered.pop(key, None)
+            self._tail[key] = -1
         self._reassigned = True
         log.info("assigned %s", _names(partitions))
 
@@ -289,24 +518,48 @@ class Client:
         self.stats.rebalances += 1
         keys = {(tp.topic, tp.partition) for tp in partitions}
         self._held = [m for m in self._held if (m.topic(), m.partition()) not in keys]
-        self._gone |= keys
         self.assignment -= keys
         self.eof -= keys
+        for key in keys:  # the revoke's commit is newer; a lost partition is not ours to commit
+            self._queued.pop(key, None)
+
+    def _drop(self, keys: set[Partition]) -> None:
+        for key in keys:
+            self._delivered.pop(key, None)
+            self._tail.pop(key, None)
 
     def _on_revoke(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
+        keys = {(tp.topic, tp.partition) for tp in partitions}
+        held = self._held_keys() & keys  # fetched and never delivered: _forget drops them
         self._forget(partitions)
-        offsets = self._call_engine(self._listener.on_revoke(partitions))
+        try:
+            offsets = list(
+                self._settle(consumer, self._call_engine(self._listener.on_revoke(partitions)), held)
+            )
+            asked = {(tp.topic, tp.partition) for tp in offsets}
+            offsets += self._moved(consumer, [k for k in keys if k in self._tail and k not in asked], held)
+        finally:
+            self._drop(keys)
         if offsets:
             try:
-                self._commit_sync(consumer, offsets)
-                self._report_commit(offsets, None)
+                done = self._commit_sync(consumer, offsets, REVOKE_COMMIT_RETRY_S)
             except KafkaException as exc:
                 log.warning("commit on revoke failed; those messages will be delivered again: %s", exc)
                 self._report_commit(offsets, exc)
+            else:
+                failed = [tp for tp in done if tp.error is not None]
+                if failed:
+                    log.warning(
+                        "commit on revoke failed for %s; those messages will be delivered again: %s",
+                        _offsets(failed),
+                        failed[0].error,
+                    )
+                self._report_commit(done, None)
         log.info("revoked %s", _names(partitions))
 
     def _on_lost(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
         self._forget(partitions)
+        self._drop({(tp.topic, tp.partition) for tp in partitions})
         self._call_engine(_call(self._listener.on_lost, partitions))
         log.warning("lost %s: dropped without committing", _names(partitions))
 
@@ -357,3 +610,11 @@ async def _call(fn: Any, *args: Any) -> Any:
 
 def _names(partitions: list[TopicPartition]) -> str:
     return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing"
+
+
+def _offsets(offsets: list[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in offsets) or "nothing"
+
+
+def _retriable(error: KafkaError) -> bool:
+    return bool(error.retriable()) or error.code() in RETRIABLE

@@ -26,8 +26,11 @@ class Commit:
 
 @dataclass(frozen=True)
 class CommitSync:
+    """Commit and wait: the reply is the offsets as committed, which may be further than asked (past
+    transaction markers); it fails if any partition failed."""
+
     offsets: list[TopicPartition]
-    reply: asyncio.Future[None]
+    reply: asyncio.Future[list[TopicPartition]]
 
 
 @dataclass(frozen=True)

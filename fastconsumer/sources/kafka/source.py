@@ -72,7 +72,10 @@ class KafkaSource(Source):
     def watermarks(self) -> dict[Partition, Watermarks]:
         if self._client is None:
             return {}
-        field = "ls_offset" if self.config.get("isolation.level") == "read_committed" else "hi_offset"
+        # librdkafka's isolation.level defaults to read_committed: the end is then the last stable offset
+        # (the first offset of a transaction still open), which is as far as this member can read.
+        uncommitted = self.config.get("isolation.level") == "read_uncommitted"
+        field = "hi_offset" if uncommitted else "ls_offset"
         earliest = str(self.config.get("auto.offset.reset")) in EARLIEST
         out = {}
         for key, pstats in dict(self._client.partition_stats).items():
@@ -104,8 +107,8 @@ class KafkaSource(Source):
         if self._client is not None:
             self._client.commands.put(Commit(offsets))
 
-    async def commit_sync(self, offsets: list[TopicPartition]) -> None:
-        await self._ask(lambda reply: CommitSync(offsets, reply))
+    async def commit_sync(self, offsets: list[TopicPartition]) -> list[TopicPartition]:
+        return await self._ask(lambda reply: CommitSync(offsets, reply))
 
     def at_end(self) -> bool:
         if self._client is None:
