@@ -13,14 +13,7 @@ Nothing is counted per message for this: a scrape reads the consumer's ``stats``
 (``Source.stats``, ``assignment()``, ``watermarks()``). Only the handler latency histogram, which ``serve()``
 turns on, adds a few hundred nanoseconds per handler call.
 
-Probes (``probes.py``):
-
-- ``/healthz`` (liveness): 200 while the consumer's event loop turns. A thread asks the loop to note the time
-  every ``heartbeat`` seconds; a note older than ``liveness_timeout`` (the loop is blocked) or a finished run
-  is 503.
-- ``/readyz`` (readiness): 200 when the consumer runs, its loop turns, it has partitions (a member of the
-  group with an assignment) and no partition is stalled: messages wait past its committed offset and that
-  offset has not moved for ``stall_timeout`` seconds. Both answer with a JSON body saying why.
+The probes, ``/healthz`` (liveness) and ``/readyz`` (readiness), are described in ``probes.py``.
 """
 
 from __future__ import annotations
