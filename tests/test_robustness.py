@@ -329,3 +329,17 @@ def test_a_partition_whose_offsets_go_back_is_tracked_anew(impl, caplog):
     assert {(0, o) for o in range(200)} | {(1, o) for o in range(200)} <= set(handled)
     assert log.committed(GROUP) == {0: 200, 1: 200}
     assert any("foo[0]: offset 40 after" in r.getMessage() for r in caplog.records)
+
+
+# -- a stop asked for before the run began
+
+
+def test_a_stop_asked_for_before_the_run_began_is_kept(impl):
+    async def handler(msg):
+        pass
+
+    consumer = Consumer(MemorySource(MemoryLog(partitions=2)), handler)  # endless
+    consumer.request_stop()  # a SIGTERM while the process was still starting
+
+    summary = asyncio.run(asyncio.wait_for(consumer.run(), WAIT))
+    assert summary.error is None and summary.consumed == 0

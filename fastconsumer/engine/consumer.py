@@ -86,6 +86,8 @@ class Consumer:
         self._elapsed = 0.0
         self._opened: asyncio.Future[None] | None = None  # for ``async with``: resolved once consuming
         self._task: asyncio.Future[Summary] | None = None
+        self._asking = threading.RLock()  # request_stop() against run() setting up (RLock: signal handlers)
+        self._asked: bool | None = None  # a stop asked for before the run began: whether it abandons
 
     # -- state, for progress displays and probes (read from any thread)
 
@@ -117,9 +119,11 @@ class Consumer:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._started_at = time.monotonic()
-        run = self._run = Run(
-            self.source, self.handler, self.settings, self.policy, self.stats, self._impl, self.core
-        )
+        run = Run(self.source, self.handler, self.settings, self.policy, self.stats, self._impl, self.core)
+        with self._asking:
+            self._run = run
+            if self._asked is not None:  # a stop asked for before the run began
+                run.stop(self._asked)
         try:
             await run.main(self._opened_now)
         finally:
@@ -216,8 +220,12 @@ class Consumer:
 
         Safe from any thread, a signal handler or a handler.
         """
-        loop, run = self._loop, self._run
-        if loop is None or run is None or self._finished.is_set():
+        with self._asking:
+            loop, run = self._loop, self._run
+            if run is None:  # not running yet: the run stops as soon as it begins
+                self._asked = abandon or bool(self._asked)
+                return
+        if loop is None or self._finished.is_set():
             return
         if threading.get_ident() == self._loop_thread:
             run.stop(abandon)
