@@ -135,9 +135,16 @@ def pytest_terminal_summary(terminalreporter):
     if any("key" in r["extra_info"] for r in RESULTS):
         from bench import report
 
-        tr.section("fastconsumer against its ceilings (targets are not asserted)")
-        intro = report.header(RESULTS)
-        if intro:
-            tr.write_line(intro)
-        for line in report.markdown(report.build_rows(RESULTS)).splitlines():
-            tr.write_line(line)
+        rows = report.build_rows(RESULTS)
+        if rows:
+            tr.section("fastconsumer against its ceilings (targets are not asserted)")
+            intro = report.header(RESULTS)
+            if intro:
+                tr.write_line(intro)
+            for line in report.markdown(rows).splitlines():
+                tr.write_line(line)
+        swept = report.sweep_rows(RESULTS)
+        if swept:
+            tr.section("look-ahead sweep: 1 ms handler, concurrency 64, against what the data allows")
+            for line in report.sweep_markdown(swept).splitlines():
+                tr.write_line(line)

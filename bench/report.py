@@ -66,6 +66,8 @@ def build_rows(benchmarks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     cores: dict[str, dict[str, Any]] = {}
     for b in benchmarks:
         info = b.get("extra_info") or {}
+        if "sweep" in info:
+            continue  # sweep_rows(): a table of its own
         if "key" in info:
             keyed[info["key"]] = info
         elif "bench" in info and "per_second" in info:
@@ -245,24 +247,106 @@ def save_png(rows: list[dict[str, Any]], path: str | Path) -> bool:
     return True
 
 
+SWEEP_TARGET = 0.90  # of each row's ideal
+
+
+def sweep_rows(benchmarks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The look-ahead sweep's rows (bench/test_sweep.py), ordered by ordering, partitions, then keys."""
+    rows = []
+    for b in benchmarks:
+        info = b.get("extra_info") or {}
+        if "sweep" in info and info.get("msgs_per_s"):
+            rows.append({**info["sweep"], "msgs_per_s": info["msgs_per_s"], "vmhwm_kb": info.get("vmhwm_kb")})
+    for row in rows:
+        row["ratio"] = row["msgs_per_s"] / row["ideal"]
+    orderings = ["key", "partition", "unordered"]
+    return sorted(
+        rows, key=lambda r: (orderings.index(r["ordering"]), r["skewed"], r["partitions"], r["keys"])
+    )
+
+
+def sweep_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"| ordering | data | lanes | ideal msgs/s | msgs/s | of ideal (target {SWEEP_TARGET:.2f}) "
+        "| peak RSS |",
+        "|---|---|--:|--:|--:|--:|--:|",
+    ]
+    for r in rows:
+        met = "" if r["ratio"] >= SWEEP_TARGET else " **no**"
+        rss = f"{r['vmhwm_kb'] / 1024:.0f} MB" if r.get("vmhwm_kb") else "-"
+        lanes = f"{r['lanes']:,}" if r["ordering"] != "unordered" else "-"
+        lines.append(
+            f"| {r['ordering']} | {r['shape']} | {lanes} | {r['ideal']:,.0f} | {r['msgs_per_s']:,.0f} | "
+            f"{r['ratio']:.2f}{met} | {rss} |"
+        )
+    return "\n".join(lines)
+
+
+def save_sweep_png(rows: list[dict[str, Any]], path: str | Path) -> bool:
+    """Throughput against distinct keys, a panel per ordering, a line per partition count, each with its
+    ideal dashed beside it; the skewed topics as separate markers. False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"matplotlib is not installed: no picture written to {path}", file=sys.stderr)
+        return False
+    orderings = [o for o in ("key", "partition", "unordered") if any(r["ordering"] == o for r in rows)]
+    fig, axes = plt.subplots(1, len(orderings), figsize=(5 * len(orderings), 4.2), sharey=True, squeeze=False)
+    colors = {1: "#4c72b0", 4: "#dd8452", 16: "#55a868"}
+    for ax, ordering in zip(axes[0], orderings, strict=True):
+        mine = [r for r in rows if r["ordering"] == ordering]
+        for partitions in sorted({r["partitions"] for r in mine if not r["skewed"]}):
+            line = sorted((r for r in mine if r["partitions"] == partitions and not r["skewed"]), key=_keys)
+            color = colors.get(partitions, None)
+            keys = [r["keys"] for r in line]
+            label = f"{partitions} partitions"
+            ax.plot(keys, [r["msgs_per_s"] for r in line], "o-", color=color, label=label)
+            ax.plot(keys, [r["ideal"] for r in line], "--", color=color, alpha=0.6)
+        for r in (r for r in mine if r["skewed"]):
+            ax.plot([r["keys"]], [r["msgs_per_s"]], "D", color="#c44e52", label=r["shape"])
+            ax.plot([r["keys"]], [r["ideal"]], "x", color="#c44e52")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"ordering {ordering}")
+        ax.set_xlabel("distinct keys")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("msgs/s, 1 ms handler, concurrency 64 (dashed, x: ideal)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _keys(row: dict[str, Any]) -> int:
+    return int(row["keys"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("benchmark_json", help="pytest-benchmark output (--benchmark-json)")
     parser.add_argument("--json", metavar="FILE", help="save the rows as JSON")
     parser.add_argument("--png", metavar="FILE", help="save a bar chart (needs matplotlib)")
     parser.add_argument("--markdown", metavar="FILE", help="save the markdown table")
+    parser.add_argument("--sweep-png", metavar="FILE", help="save the look-ahead sweep's picture")
     args = parser.parse_args(argv)
     with open(args.benchmark_json) as fh:
         doc = json.load(fh)
     benchmarks = doc.get("benchmarks", [])
     rows = build_rows(benchmarks)
-    if not rows:
+    swept = sweep_rows(benchmarks)
+    if not rows and not swept:
         print(f"{args.benchmark_json}: no fastconsumer benchmark rows", file=sys.stderr)
         return 1
-    text = markdown(rows)
+    text = markdown(rows) if rows else ""
     intro = header(benchmarks)
-    if intro:
+    if intro and rows:
         text = intro + "\n\n" + text
+    if swept:
+        text = (text + "\n\n" if text else "") + sweep_markdown(swept)
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")
@@ -270,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         save_json(rows, args.json, doc)
     if args.png:
         save_png(rows, args.png)
+    if args.sweep_png:
+        save_sweep_png(swept, args.sweep_png)
     return 0
 
 

@@ -441,7 +441,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         return bare_consume(*args, spec.get("config")).row()
     if what == "fastconsumer":
         run, summary = fastconsumer_run(*args, HANDLERS[spec["handler"]], **spec.get("options", {}))
-        return {**run.row(), "core": summary.core}
+        return {**run.row(), "core": summary.core, "vmhwm_kb": memory_kb()["vmhwm_kb"]}
     if what == "handwritten":
         return on_new_loop(lambda: handwritten(*args, concurrency=spec.get("concurrency", 64))).row()
     if what == "aiokafka":
