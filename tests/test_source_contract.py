@@ -53,6 +53,10 @@ class SourceContract:
     def make(self, group: str) -> Source:
         raise NotImplementedError
 
+    def ends(self) -> dict[int, int]:
+        """Messages per partition."""
+        raise NotImplementedError
+
     def group(self) -> str:
         return f"contract-{uuid.uuid4().hex[:8]}"
 
@@ -128,6 +132,38 @@ class SourceContract:
             firsts.setdefault(msg.partition(), msg.offset())
         assert firsts == {0: 10, 1: 20}  # partition 2 was committed at its end: nothing left there
 
+    def test_a_paused_partition_delivers_nothing_until_resumed_then_goes_on_where_it_stopped(self):
+        """What the engine's fair look-ahead relies on: pausing one partition holds back its messages (those
+        fetched ahead already too) while the others flow; resuming goes on with it without gap or repeat."""
+        ends = self.ends()
+        others = sum(n for p, n in ends.items() if p != 0)
+
+        async def main():
+            source = self.make(self.group())
+            await source.open(Listener())
+            try:
+                before = await fetch_all(source, 1, batch=1)  # joined the group, fetching ahead
+                source.pause([(self.topic, 0), ("not-a-topic-of-this-member", 0)])  # the second: ignored
+                during: list = []
+                deadline = time.monotonic() + WAIT
+                while sum(m.partition() != 0 for m in before + during) < others:
+                    assert time.monotonic() < deadline, "the partitions not paused stopped flowing"
+                    during += await source.fetch(64, 64)
+                source.resume([(self.topic, 0)])
+                after = await fetch_all(source, MESSAGES - len(before) - len(during))
+            finally:
+                await source.close()
+            return before, during, after
+
+        before, during, after = asyncio.run(main())
+        assert [m for m in during if m.partition() == 0] == []
+        per_partition: dict[int, list[int]] = {}
+        for msg in before + during + after:
+            per_partition.setdefault(msg.partition(), []).append(msg.offset())
+        assert {p: len(offsets) for p, offsets in per_partition.items()} == ends
+        for offsets in per_partition.values():
+            assert offsets == list(range(len(offsets)))  # in order, no gaps, no repeats
+
     def test_watermarks_give_each_partitions_end(self):
         async def main():
             source = self.make(self.group())
@@ -161,6 +197,16 @@ class TestMemorySource(SourceContract):
     def make(self, group):
         return MemorySource(self.log, group=group)
 
+    def ends(self):
+        return {p: self.log.end_offset(p) for p in range(PARTITIONS)}
+
+
+class TestMemorySourceInRuns(TestMemorySource):
+    """The memory source handing out runs of one partition at a time, as librdkafka does."""
+
+    def make(self, group):
+        return MemorySource(self.log, group=group, run_length=7)
+
 
 class TestKafkaSource(SourceContract):
     @pytest.fixture(autouse=True)
@@ -174,6 +220,11 @@ class TestKafkaSource(SourceContract):
         produce(kafka_bootstrap, self.topic, MESSAGES, keys=30)
         yield
         delete_topic(kafka_bootstrap, self.topic)
+
+    def ends(self):
+        from tests.kafka_helpers import end_offsets
+
+        return {p: n for p, n in end_offsets(self.bootstrap, self.topic).items() if n}
 
     def make(self, group):
         config = {"heartbeat.interval.ms": 250, "session.timeout.ms": 6000}

@@ -1,5 +1,6 @@
-"""Fetching with back-pressure: messages held (buffered and in flight) stay under the engine's cap, and
-the offsets tracked (the uncommitted window, handled ones above a stuck message included) under its window.
+"""Fetching with back-pressure: messages held (buffered and in flight) stay under the look-ahead
+(``lookahead.py``: fair per partition, growing while handler slots starve), and the offsets tracked (the
+uncommitted window, handled ones above a stuck message included) under the engine's window.
 
 At either limit the fetch loop waits until the workers have made a batch of room; the source keeps its
 group membership meanwhile (the Kafka source pauses its partitions but goes on polling). A partition whose
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fastconsumer.engine.dispatch import RUNNING, Dispatcher
+from fastconsumer.engine.lookahead import LookAhead
 from fastconsumer.engine.settings import Settings
 from fastconsumer.engine.stats import Partition, Stats
 from fastconsumer.sources.base import Source
@@ -42,9 +44,7 @@ class Fetcher:
         self.dispatcher = dispatcher
         self.stats = stats
         self.batch_size = settings.batch_size
-        self.cap = settings.cap
-        self.low_water = settings.cap - settings.batch_size
-        self.window = settings.window
+        self.ahead = LookAhead(source, scheduler, tracker, stats, settings)
         self.restarted = restarted
         self.exit_at_end = settings.exit_at_end
         self.stop = stop
@@ -59,18 +59,21 @@ class Fetcher:
         stats = self.stats
         dispatcher = self.dispatcher
         tracker = self.tracker
+        ahead = self.ahead
         batch_size = self.batch_size
         while dispatcher.phase is RUNNING:
-            room = min(self.cap - len(scheduler) - stats.in_flight, self.window - tracker.window())
-            if room < batch_size:
+            room = ahead.room()
+            if room < ahead.step:
                 self._space.clear()
                 self._space_wanted = True
                 dispatcher.attention = True
                 await self._space.wait()
                 continue
-            # The source may fetch the next batch while this one is handled, within what the cap leaves.
-            messages = await source.fetch(batch_size, room - batch_size)
+            # The source may fetch the next batch while this one is handled, within what the room leaves.
+            wanted = min(batch_size, room)
+            messages = await source.fetch(wanted, room - wanted)
             if not messages:
+                ahead.check()  # the partitions not paused have nothing: maybe those that are may go on
                 if self.exit_at_end and source.at_end():
                     self._at_end = True
                     dispatcher.attention = True
@@ -82,6 +85,9 @@ class Fetcher:
                 self._restart(restarts)
             scheduler.extend(messages)
             stats.consumed += len(messages)
+            ahead.fetched(messages)
+            if ahead.paused:
+                dispatcher.attention = True
             dispatcher.wake(scheduler.ready())
 
     def _restart(self, restarts: list[tuple[str, int, int, int]]) -> None:
@@ -99,16 +105,14 @@ class Fetcher:
         self.restarted([(t, p) for t, p, _, _ in restarts])
 
     def _watch(self) -> bool:
-        if (
-            self._space_wanted
-            and len(self.scheduler) + self.stats.in_flight <= self.low_water
-            and self.tracker.window() <= self.window - self.batch_size
-        ):
+        ahead = self.ahead
+        ahead.check()
+        if self._space_wanted and ahead.room() >= ahead.step:
             self._space_wanted = False
             self._space.set()
         if self._at_end:
             self._end_if_all_handled()
-        return self._space_wanted or self._at_end
+        return self._space_wanted or self._at_end or bool(ahead.paused)
 
     def _end_if_all_handled(self) -> None:
         if self.stats.in_flight == 0 and len(self.scheduler) == 0 and self.dispatcher.phase is RUNNING:

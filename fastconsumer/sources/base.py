@@ -7,6 +7,7 @@ the probes then work with it unchanged.
 from __future__ import annotations
 
 import abc
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException, Message, TopicPartition
@@ -76,6 +77,16 @@ class Source(abc.ABC):
         """Up to ``max_messages`` messages in offset order per partition, waiting a short while for some;
         may return an empty list. ``prefetch``: how many more the source may fetch ahead, for the next
         call, without passing the engine's cap."""
+
+    @abc.abstractmethod
+    def pause(self, partitions: Collection[Partition]) -> None:
+        """Fetch nothing more from ``partitions`` (they hold their share of the engine's look-ahead) while
+        the others go on: ``fetch`` returns none of their messages until ``resume``. The member stays in
+        the group. Partitions this member does not own are ignored, and a pause ends with the assignment."""
+
+    @abc.abstractmethod
+    def resume(self, partitions: Collection[Partition]) -> None:
+        """Fetch from ``partitions`` again, from where their delivered messages end."""
 
     @abc.abstractmethod
     def commit(self, offsets: list[TopicPartition]) -> None:

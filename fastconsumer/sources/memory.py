@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from confluent_kafka import Message, TopicPartition
 
@@ -114,19 +114,33 @@ class MemoryLog:
 
 
 class MemorySource(Source):
-    """A consumer-group member of a ``MemoryLog`` that owns all its partitions while open."""
+    """A consumer-group member of a ``MemoryLog`` that owns all its partitions while open.
+
+    ``run_length``: 0 spreads each fetch evenly over the partitions; ``n`` hands out runs of ``n`` messages
+    of one partition, one partition after another, the way librdkafka's ``consume()`` hands out a fetch
+    response per partition (up to ``max.partition.fetch.bytes``, 1 MiB: about 10,000 messages of 100 bytes).
+    """
 
     name = "memory"
 
     def __init__(
-        self, log: MemoryLog | None = None, group: str = "fastconsumer", idle_wait: float = 0.05
+        self,
+        log: MemoryLog | None = None,
+        group: str = "fastconsumer",
+        idle_wait: float = 0.05,
+        run_length: int = 0,
     ) -> None:
         super().__init__()
+        if run_length < 0:
+            raise ValueError(f"run_length must be >= 0, got {run_length}")
         self.log = log if log is not None else MemoryLog()
         self.group = group
         self.idle_wait = idle_wait
+        self.run_length = run_length
         self._positions: list[int] = []
         self._next = 0
+        self._in_run = 0  # messages of partition ``_next`` handed out in its current run
+        self._paused: set[int] = set()
         self._listener: SourceListener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -143,27 +157,64 @@ class MemorySource(Source):
         self._positions = [committed.get(p, 0) for p in range(self.log.partitions)]
 
     async def fetch(self, max_messages: int, prefetch: int = 0) -> list[Message]:
-        log = self.log
-        n = log.partitions
-        share = -(-max_messages // n)
         now_ms = int(time.time() * 1000)
-        out: list[Message] = []
-        for k in range(n):
-            p = (self._next + k) % n
-            start = self._positions[p]
-            end = start + min(share, max_messages - len(out))
-            limit = log.end_offset(p)
-            if limit is not None and end > limit:
-                end = limit
-            if end > start:
-                out.extend(log.messages(p, start, end, now_ms))
-            self._positions[p] = max(start, end)
-            if len(out) >= max_messages:
-                break
-        self._next = (self._next + 1) % n
+        if self.run_length:
+            out = self._run(max_messages, now_ms)
+        else:
+            out = self._spread(max_messages, now_ms)
         if not out:
             await asyncio.sleep(self.idle_wait)  # like consume(timeout): nothing will arrive sooner
         return out
+
+    def _spread(self, max_messages: int, now_ms: int) -> list[Message]:
+        log = self.log
+        n = log.partitions
+        share = -(-max_messages // n)
+        out: list[Message] = []
+        for k in range(n):
+            p = (self._next + k) % n
+            if p in self._paused:
+                continue
+            start = self._positions[p]
+            end = self._end(p, start + min(share, max_messages - len(out)))
+            if end > start:
+                out.extend(log.messages(p, start, end, now_ms))
+                self._positions[p] = end
+            if len(out) >= max_messages:
+                break
+        self._next = (self._next + 1) % n
+        return out
+
+    def _run(self, max_messages: int, now_ms: int) -> list[Message]:
+        n = self.log.partitions
+        out: list[Message] = []
+        passed = 0  # partitions passed over in a row for having nothing (or being paused)
+        while len(out) < max_messages and passed < n:
+            p = self._next
+            start = self._positions[p]
+            end = self._end(p, start + min(max_messages - len(out), self.run_length - self._in_run))
+            if end > start and p not in self._paused:
+                out.extend(self.log.messages(p, start, end, now_ms))
+                self._positions[p] = end
+                self._in_run += end - start
+                passed = 0
+                if self._in_run < self.run_length:
+                    continue
+            else:
+                passed += 1
+            self._next = (p + 1) % n
+            self._in_run = 0
+        return out
+
+    def _end(self, partition: int, end: int) -> int:
+        limit = self.log.end_offset(partition)
+        return end if limit is None or end <= limit else limit
+
+    def pause(self, partitions: Collection[Partition]) -> None:
+        self._paused.update(p for t, p in partitions if t == self.log.topic)
+
+    def resume(self, partitions: Collection[Partition]) -> None:
+        self._paused.difference_update(p for t, p in partitions if t == self.log.topic)
 
     def commit(self, offsets: list[TopicPartition]) -> None:
         self.log.commit(self.group, offsets)
@@ -182,6 +233,7 @@ class MemorySource(Source):
 
     async def close(self) -> None:
         self._listener = None
+        self._paused.clear()
 
     def assignment(self) -> set[Partition]:
         if self._listener is None:

@@ -37,8 +37,9 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from fastconsumer.errors import ConfigError
 from fastconsumer.sources.base import Partition, SourceListener, SourceStats
-from fastconsumer.sources.kafka.commands import Close, Command, Commit, CommitSync, Fetch
+from fastconsumer.sources.kafka.commands import Close, Command, Commit, CommitSync, Fetch, Pause
 from fastconsumer.sources.kafka.config import SourceError, reason
+from fastconsumer.sources.kafka.pauses import Pauses
 
 log = logging.getLogger("fastconsumer.kafka")
 librdkafka_log = logging.getLogger("fastconsumer.librdkafka")
@@ -129,7 +130,7 @@ class Client:
         self._follow_up_at = 0.0
         self._one_topic = len(topics) == 1 and not topics[0].startswith("^")
         self._ahead = 0  # how many messages the engine's cap lets this thread hold for its next fetch
-        self._paused = False
+        self._pauses = Pauses()
         self._reassigned = False
         self._commits_sent: deque[float] = deque()  # when each asynchronous commit in flight was sent
         self._queued: dict[
@@ -203,7 +204,7 @@ class Client:
                     self._hold(consumer, 1000)
                 self._between(consumer)
                 continue
-            reply = None if isinstance(command, Commit) else command.reply
+            reply = None if isinstance(command, (Commit, Pause)) else command.reply
             try:
                 self._apply(consumer, command)
             except KafkaException as exc:
@@ -239,6 +240,9 @@ class Client:
             offsets = [tp for tp in command.offsets if (tp.topic, tp.partition) in self.assignment]
             if offsets:
                 self._commit_async(consumer, self._settle(consumer, offsets))
+        elif isinstance(command, Pause):
+            self._held = self._pauses.ask(command.partitions, command.paused, self.assignment, self._held)
+            self._set_paused(consumer, self._pauses.everything)
         elif isinstance(command, CommitSync):
             owned = set(self.assignment)
             self._await_commits(consumer, COMMIT_RETRY_S)
@@ -283,7 +287,7 @@ class Client:
         returns would go to the old one and be lost."""
         fresh = self._consume(consumer, n, timeout)
         if fresh:
-            self._held.extend(fresh)
+            self._held.extend(self._pauses.park(fresh))
 
     def _note_delivered(self, messages: list[Message]) -> None:
         """Remember the last offset handed to the engine per partition (a batch is in offset order per
@@ -300,7 +304,9 @@ class Client:
     # -- commits
 
     def _held_keys(self) -> set[Partition]:
-        return {(m.topic(), m.partition()) for m in self._held}  # type: ignore[misc]
+        """Partitions with messages fetched and not delivered: their position is past what the engine has."""
+        held: set[Partition] = {(m.topic(), m.partition()) for m in self._held}  # type: ignore[misc]
+        return held | self._pauses.parked_keys()
 
     def _positions(self, consumer: KafkaConsumer, keys: list[Partition]) -> dict[Partition, int]:
         """librdkafka's position of each partition where known: one past the last message consume()
@@ -454,9 +460,7 @@ class Client:
         if self._reassigned:
             # librdkafka keeps a partition's pause across a revoke and a new assignment: set it afresh.
             self._reassigned = False
-            assignment = consumer.assignment()
-            if assignment:
-                consumer.pause(assignment) if self._paused else consumer.resume(assignment)
+            self._pauses.reassigned(consumer, {(tp.topic, tp.partition) for tp in consumer.assignment()})
         out = batch
         eof = self.eof
         for msg in batch:
@@ -484,13 +488,9 @@ class Client:
                 log.warning("consumer error: %s", err)
         return out
 
-    def _set_paused(self, consumer: KafkaConsumer, paused: bool) -> None:
-        if paused == self._paused:
-            return
-        self._paused = paused
-        assignment = consumer.assignment()
-        if assignment:
-            consumer.pause(assignment) if paused else consumer.resume(assignment)
+    def _set_paused(self, consumer: KafkaConsumer, everything: bool) -> None:
+        """Pause everything (the engine is full), or only what the engine asked to pause."""
+        self._pauses.apply(consumer, self.assignment, everything)
 
     def _call_engine(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run an engine coroutine on the event loop and wait for it from this thread."""
@@ -520,6 +520,7 @@ class Client:
         self._held = [m for m in self._held if (m.topic(), m.partition()) not in keys]
         self.assignment -= keys
         self.eof -= keys
+        self._pauses.forget(keys)
         for key in keys:  # the revoke's commit is newer; a lost partition is not ours to commit
             self._queued.pop(key, None)
 
@@ -600,7 +601,7 @@ class Client:
                 command = self.commands.get_nowait()
             except queue.Empty:
                 return
-            if not isinstance(command, Commit):
+            if not isinstance(command, (Commit, Pause)):
                 _resolve(loop, command.reply, failure, error=True)
 
 

@@ -34,10 +34,18 @@ class CommitSync:
 
 
 @dataclass(frozen=True)
+class Pause:
+    """Fetch nothing more from ``partitions`` until resumed (``paused``: False resumes them)."""
+
+    partitions: frozenset[tuple[str, int]]
+    paused: bool
+
+
+@dataclass(frozen=True)
 class Close:
     """Leave the group (the revoke commits what is safe) and end the thread."""
 
     reply: asyncio.Future[None]
 
 
-Command = Fetch | Commit | CommitSync | Close
+Command = Fetch | Commit | CommitSync | Pause | Close

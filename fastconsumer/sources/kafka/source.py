@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
 from confluent_kafka import Message, TopicPartition
@@ -11,7 +11,7 @@ from confluent_kafka import Message, TopicPartition
 from fastconsumer.errors import ConfigError
 from fastconsumer.sources.base import Partition, Source, SourceListener, Watermarks
 from fastconsumer.sources.kafka.client import Client
-from fastconsumer.sources.kafka.commands import Close, Command, Commit, CommitSync, Fetch
+from fastconsumer.sources.kafka.commands import Close, Command, Commit, CommitSync, Fetch, Pause
 from fastconsumer.sources.kafka.config import DEFAULTS, SourceError
 
 EARLIEST = ("earliest", "smallest", "beginning")
@@ -102,6 +102,14 @@ class KafkaSource(Source):
 
     async def fetch(self, max_messages: int, prefetch: int = 0) -> list[Message]:
         return await self._ask(lambda reply: Fetch(max_messages, prefetch, reply))
+
+    def pause(self, partitions: Collection[Partition]) -> None:
+        if self._client is not None:
+            self._client.commands.put(Pause(frozenset(partitions), True))
+
+    def resume(self, partitions: Collection[Partition]) -> None:
+        if self._client is not None:
+            self._client.commands.put(Pause(frozenset(partitions), False))
 
     def commit(self, offsets: list[TopicPartition]) -> None:
         if self._client is not None:
