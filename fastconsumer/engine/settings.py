@@ -20,8 +20,9 @@ class Settings:
     concurrency: int = 64
     ordering: str = "key"
     batch_size: int = 500
-    max_buffered: int | None = None  # None: 4 x batch_size or 4 x concurrency, whichever is larger
-    max_window: int | None = None  # None: 10 x max_buffered
+    max_buffered: int | None = None  # None: 10 x the first look-ahead (4 x batch_size or 4 x concurrency)
+    max_buffered_bytes: int = 64 * 1024 * 1024
+    max_window: int | None = None  # None: 2 x max_buffered
     commit_interval: float = 1.0
     shutdown_timeout: float = 30.0
     max_messages: int | None = None
@@ -42,6 +43,7 @@ class Settings:
                 raise ConfigError(
                     f"max_buffered ({self.max_buffered}) must be >= batch_size ({self.batch_size})"
                 )
+        _check_int("max_buffered_bytes", self.max_buffered_bytes, 1)
         if self.max_window is not None:
             _check_int("max_window", self.max_window, 1)
             if self.max_window < self.cap:
@@ -62,17 +64,23 @@ class Settings:
             _check_seconds("handler_timeout", self.handler_timeout, positive=True)
 
     @property
+    def lookahead(self) -> int:
+        """Messages the engine holds at first, buffered and in flight; it grows up to ``cap`` while handler
+        slots starve behind the ordering (``engine/lookahead.py``)."""
+        return min(max(4 * self.batch_size, 4 * self.concurrency), self.cap)
+
+    @property
     def cap(self) -> int:
-        """Messages the engine holds at most, buffered and in flight."""
+        """Messages the engine holds at most, buffered and in flight (and at most ``max_buffered_bytes``)."""
         if self.max_buffered is not None:
             return self.max_buffered
-        return max(4 * self.batch_size, 4 * self.concurrency)
+        return 10 * max(4 * self.batch_size, 4 * self.concurrency)
 
     @property
     def window(self) -> int:
         """Offsets the engine tracks at most: from each partition's lowest unfinished offset to the newest
         fetched, handled ones between included. A handler stuck on one message stops fetching here."""
-        return self.max_window if self.max_window is not None else 10 * self.cap
+        return self.max_window if self.max_window is not None else 2 * self.cap
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
