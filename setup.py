@@ -1,26 +1,15 @@
-"""Builds the ``fastconsumer._core_c`` extension from its ``.pyx`` on ``pip install .``.
+"""Builds the ``fastconsumer._core_c`` extension from its ``.pyx``; everything else is in ``pyproject.toml``.
 
 ``fastconsumer/_core_py.py`` is its pure-Python twin: with ``FASTCONSUMER_NO_EXTENSIONS=1`` nothing is
-compiled and the twin runs.
+compiled and the wheel is pure Python (``py3-none-any``, the fallback for platforms without a binary wheel).
+
+From a checkout, ``pip install -e .`` builds the extension next to its sources, so ``python -m fastconsumer``
+run there uses the compiled core; ``pip install .`` puts it in site-packages only.
 """
 
 import os
 
 from setuptools import Extension, setup
-from setuptools.command.build_ext import build_ext
-
-
-class BuildExt(build_ext):
-    """Also drops the compiled core next to its sources.
-
-    ``python -m fastconsumer`` run from a checkout imports the package from the checkout, not from
-    site-packages; without its own copy of the extension it would quietly fall back to the pure-Python core.
-    """
-
-    def run(self) -> None:
-        super().run()
-        if not self.inplace:
-            self.copy_extensions_to_source()
 
 
 def extensions():
@@ -30,10 +19,10 @@ def extensions():
 
     return cythonize(
         [Extension("fastconsumer._core_c", ["fastconsumer/_core_c.pyx"])],
-        build_dir="build",  # the generated C stays out of the package folder
+        build_dir="build",  # the generated C stays out of the package folder (and out of the sdist)
         language_level=3,
         compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
     )
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})
+setup(ext_modules=extensions())

@@ -39,6 +39,15 @@ def kafka_bootstrap():
     yield from session_broker()
 
 
+def pytest_collection_modifyitems(items):
+    """Marks ``kafka`` the tests that need a broker (Java 17, Maven); ``pytest -m "not kafka"`` skips them."""
+    for item in items:
+        if "kafka_bootstrap" in getattr(item, "fixturenames", ()) or item.path.name.startswith(
+            ("test_kafka", "test_broker")
+        ):
+            item.add_marker(pytest.mark.kafka)
+
+
 @pytest.fixture
 def kafka_topic(kafka_bootstrap):
     """A new topic ``t-<uuid>`` with 4 partitions, each with a leader; deleted (best effort) afterwards."""
