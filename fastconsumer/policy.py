@@ -129,27 +129,35 @@ class DeadLetter(Policy):
         def on_delivery(err: Any, _msg: Message) -> None:
             (failures.append(err) if err is not None else delivered.append(True))
 
+        from fastconsumer import tracing  # here: it imports the engine, which imports this module
+
         reason = f"{type(error).__name__}: {error}".encode()
-        for msg in messages:
-            headers: list[tuple[str, str | bytes | None]] = list(msg.headers() or [])  # type: ignore[arg-type]
-            headers += [
-                (HEADER_PREFIX + "topic", str(msg.topic()).encode()),
-                (HEADER_PREFIX + "partition", str(msg.partition()).encode()),
-                (HEADER_PREFIX + "offset", str(msg.offset()).encode()),
-                (HEADER_PREFIX + "error", reason),
-                (HEADER_PREFIX + "attempts", str(attempts).encode()),
-            ]
-            producer.produce(
-                self.topic, key=msg.key(), value=msg.value(), headers=headers, on_delivery=on_delivery
-            )
-        await asyncio.to_thread(producer.flush, self.timeout)
-        if failures or len(delivered) < len(messages):
-            first = messages[0]
-            why = failures[0] if failures else f"not acknowledged within {self.timeout:g} s"
-            raise DeadLetterError(
-                f"dead-letter write of {first.topic()}[{first.partition()}]@{first.offset()} "
-                f"to {self.topic!r} failed: {why}"
-            )
+        # With tracing on, a send span; its context replaces the message's traceparent (a no-op otherwise).
+        with tracing.sending(self.topic, len(messages)) as stamp:
+            for msg in messages:
+                headers: list[tuple[str, str | bytes | None]] = list(msg.headers() or [])  # type: ignore[arg-type]
+                headers += [
+                    (HEADER_PREFIX + "topic", str(msg.topic()).encode()),
+                    (HEADER_PREFIX + "partition", str(msg.partition()).encode()),
+                    (HEADER_PREFIX + "offset", str(msg.offset()).encode()),
+                    (HEADER_PREFIX + "error", reason),
+                    (HEADER_PREFIX + "attempts", str(attempts).encode()),
+                ]
+                producer.produce(
+                    self.topic,
+                    key=msg.key(),
+                    value=msg.value(),
+                    headers=stamp(headers),
+                    on_delivery=on_delivery,
+                )
+            await asyncio.to_thread(producer.flush, self.timeout)
+            if failures or len(delivered) < len(messages):
+                first = messages[0]
+                why = failures[0] if failures else f"not acknowledged within {self.timeout:g} s"
+                raise DeadLetterError(
+                    f"dead-letter write of {first.topic()}[{first.partition()}]@{first.offset()} "
+                    f"to {self.topic!r} failed: {why}"
+                )
         return Outcome.DEAD_LETTERED
 
     async def close(self) -> None:

@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from types import TracebackType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from fastconsumer import core
 from fastconsumer import policy as policies
@@ -18,6 +18,9 @@ from fastconsumer.engine.settings import Settings
 from fastconsumer.engine.stats import Stats, Summary
 from fastconsumer.loops import new_event_loop
 from fastconsumer.sources.base import Source
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 log = logging.getLogger("fastconsumer")
 
@@ -50,6 +53,7 @@ class Consumer:
         retry_backoff_ms: float = 100.0,
         retry_backoff_max_ms: float = 10_000.0,
         handler_timeout: float | None = None,
+        tracing: Literal["off", "on", "auto"] | TracerProvider = "auto",
         on_error: policies.ErrorPolicy = "stop",
     ) -> None:
         handlers.check(handler)
@@ -68,6 +72,7 @@ class Consumer:
             retry_backoff_ms=retry_backoff_ms,
             retry_backoff_max_ms=retry_backoff_max_ms,
             handler_timeout=handler_timeout,
+            tracing=tracing,
         )
         self.policy = policies.resolve(on_error)
         self.source = source

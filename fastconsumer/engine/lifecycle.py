@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from types import ModuleType
 from typing import Any
 
+from fastconsumer import tracing
 from fastconsumer.engine import handler as handlers
 from fastconsumer.engine.commits import Committer
 from fastconsumer.engine.dispatch import RUNNING, Dispatcher
@@ -56,11 +57,15 @@ class Run:
         if stats.handler_seconds is not None:
             call = handlers.timed(call, stats.handler_seconds)
         self.batch = handlers.is_batch(handler)
+        tracer = tracing.for_run(settings.tracing, source)  # None when off: then nothing of it per message
+        if tracer is not None:
+            call = tracer.wrap(call, self.batch)
         self.tracker = impl.OffsetTracker()
         self.scheduler = impl.Scheduler(settings.ordering, settings.cap, self.tracker)
         revoking: set[Partition] = set()
         revoked = asyncio.Event()
-        self.recovery = Recovery(settings, policy, call, stats, self.stopping, self.fail, revoking, revoked)
+        recovery = Recovery if tracer is None else tracer.recovery
+        self.recovery = recovery(settings, policy, call, stats, self.stopping, self.fail, revoking, revoked)
         stop_at = settings.max_messages if settings.max_messages is not None else 2**63
         self.dispatcher = Dispatcher(self.scheduler, impl, call, self.recovery, stats, stop_at, self.fail)
         self.committer = Committer(source, self.tracker, stats, settings.commit_interval)

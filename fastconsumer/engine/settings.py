@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from fastconsumer.errors import ConfigError
 
@@ -31,6 +32,7 @@ class Settings:
     retry_backoff_ms: float = 100.0
     retry_backoff_max_ms: float = 10_000.0
     handler_timeout: float | None = None
+    tracing: Any = "auto"  # "off", "on", "auto" or an OpenTelemetry TracerProvider: fastconsumer/tracing.py
 
     def __post_init__(self) -> None:
         for name in ("concurrency", "batch_size"):
@@ -62,6 +64,9 @@ class Settings:
             )
         if self.handler_timeout is not None:
             _check_seconds("handler_timeout", self.handler_timeout, positive=True)
+        from fastconsumer.tracing import check_mode  # here: the tracing module imports the engine's
+
+        check_mode(self.tracing)
 
     @property
     def lookahead(self) -> int:
