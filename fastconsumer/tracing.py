@@ -206,6 +206,7 @@ def for_run(mode: object, source: object) -> Tracing | None:
     from fastconsumer import __version__
 
     group = getattr(source, "group", None)
+    log.info("tracing: a span per handler call, with %s", type(provider).__name__)
     return Tracing(
         provider.get_tracer(INSTRUMENTATION, __version__), group if isinstance(group, str) else None
     )

@@ -15,6 +15,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
+from fastconsumer import tracing
 from fastconsumer.cli.demo import make_handler
 from fastconsumer.engine import BatchHandler, Consumer, Handler, Settings
 from fastconsumer.errors import ConfigError
@@ -57,11 +58,13 @@ def check(args: argparse.Namespace) -> Plan:
         retry_backoff_ms=args.retry_backoff_ms,
         retry_backoff_max_ms=args.retry_backoff_max_ms,
         handler_timeout=args.handler_timeout,
+        tracing=args.tracing,
     )
     return Plan(handler, on_error, settings)
 
 
 def consumer(args: argparse.Namespace, plan: Plan) -> Consumer:
+    tracing.provider_for(plan.settings.tracing)  # the SDK set up from OTEL_*: a bad exporter is exit 2 now
     return Consumer(source(args), plan.handler, on_error=plan.on_error, **dataclasses.asdict(plan.settings))
 
 

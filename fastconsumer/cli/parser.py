@@ -205,6 +205,13 @@ def _add_operations_flags(group: argparse._ArgumentGroup) -> None:
         help="consumer processes in the group, for CPU-bound handlers (Kafka only; 1)",
     )
     group.add_argument("--process-index", type=non_negative_int, help=argparse.SUPPRESS)  # set by --processes
+    group.add_argument(
+        "--tracing",
+        choices=("off", "on", "auto"),
+        default="auto",
+        help="OpenTelemetry spans per handler call (pip install 'fastconsumer[otel]'); auto: when OTEL_* "
+        "variables configure an exporter (OTEL_TRACES_EXPORTER=console, OTEL_EXPORTER_OTLP_ENDPOINT=...)",
+    )
 
 
 def _add_kafka_flags(group: argparse._ArgumentGroup) -> None:

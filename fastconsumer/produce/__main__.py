@@ -11,6 +11,7 @@ import sys
 from typing import Any, TextIO
 
 from fastconsumer.cli.parser import Parser, int_at_least, kafka_property
+from fastconsumer.errors import ConfigError
 from fastconsumer.produce.producer import ProduceError, log, produce
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
@@ -45,6 +46,12 @@ def build_parser() -> Parser:
         default=[],
         metavar="KEY=VALUE",
         help="librdkafka producer property, e.g. -X compression.type=none (repeatable)",
+    )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="a W3C traceparent header on every message: a send span's when OpenTelemetry is configured "
+        "(OTEL_TRACES_EXPORTER=console, OTEL_EXPORTER_OTLP_ENDPOINT=...), a random one otherwise",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON summary line on stdout")
     return parser
@@ -97,7 +104,7 @@ def _run(parser: Parser, args: argparse.Namespace, out: TextIO, err: TextIO) -> 
     except ProduceError as exc:
         err.write(f"{parser.prog}: error: {exc}\n")
         summary, code = exc.summary, EXIT_FAILED
-    except ValueError as exc:  # found before connecting: --size too small, a -X setting librdkafka rejects
+    except (ValueError, ConfigError) as exc:  # before connecting: --size too small, a bad -X or OTEL_*
         parser.error(str(exc))
     except KeyboardInterrupt:
         err.write(f"{parser.prog}: interrupted\n")
@@ -126,6 +133,7 @@ def _produce(args: argparse.Namespace, progress: Progress | None) -> dict[str, A
             start=args.start,
             config=dict(args.config),
             progress=progress,
+            trace=args.trace,
         )
     finally:
         if progress is not None:

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import secrets
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from fastconsumer.produce.messages import message_value, segments
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 log = logging.getLogger("fastconsumer.produce")  # the package's name: what a user configures
 
@@ -144,6 +148,7 @@ def produce(
     config: Mapping[str, Any] | None = None,
     progress: Callable[[int, int, float], None] | None = None,
     connect_timeout: float = CONNECT_TIMEOUT,
+    trace: bool = False,
 ) -> dict[str, Any]:
     """Produce messages ``start`` .. ``start + count - 1`` to ``topic`` and wait until all are delivered.
 
@@ -151,19 +156,22 @@ def produce(
     ``keys`` is 0), so each key's messages land in one partition. ``partitions`` creates the topic with that
     many partitions if it does not exist (otherwise the broker's auto-creation, if enabled, makes it).
     ``config`` is librdkafka producer settings over ``DEFAULT_CONFIG``. ``progress(delivered, count, rate)``
-    is called about every second.
+    is called about every second. ``trace`` gives every message a W3C ``traceparent`` header: the context
+    of a ``send <topic>`` PRODUCER span when OpenTelemetry is configured (``OTEL_TRACES_EXPORTER``, ...; see
+    ``fastconsumer.tracing``), a random sampled one otherwise.
 
     Returns the summary ``{"topic", "count", "bytes", "elapsed_s", "rate", "failed"}``: ``bytes`` counts
     the message values, ``elapsed_s`` runs from the first message produced to the last one delivered.
     Raises ``ValueError`` on bad arguments (a ``size`` too small for the JSON, a ``config`` librdkafka
-    rejects) before connecting, and ``ProduceError`` if the cluster is not reachable within
-    ``connect_timeout`` seconds, the topic cannot be created, or any message was not delivered (its
-    ``summary`` then says how many failed).
+    rejects) and ``fastconsumer.ConfigError`` (an ``OTEL_*`` setting, with ``trace``) before connecting,
+    and ``ProduceError`` if the cluster is not reachable within ``connect_timeout`` seconds, the topic
+    cannot be created, or any message was not delivered (its ``summary`` then says how many failed).
     """
     _check(count, start, keys, partitions)
     if size is not None:
         message_value(start + count - 1, size)  # the longest message: ValueError if it does not fit
     runs = segments(start, count, size)
+    provider = _trace_provider() if trace else None  # a bad OTEL_* setting: ConfigError, before connecting
     events = _ClientEvents()
     deliveries = _Deliveries()
     client_conf: dict[str, Any] = {
@@ -188,7 +196,10 @@ def produce(
         raise ProduceError(f"cannot reach Kafka at {bootstrap} in {connect_timeout:g} s: {cause}") from None
     if partitions is not None:
         _ensure_topic(client_conf, metadata, topic, partitions)
-    elapsed = _send_all(producer, events, topic, runs, keys, progress)
+    if trace:
+        elapsed = _traced(producer, events, topic, runs, keys, progress, provider)
+    else:
+        elapsed = _send_all(producer, events, topic, runs, keys, progress)
     summary = {
         "topic": topic,
         "count": count,
@@ -224,12 +235,14 @@ def _send_all(
     runs: list[tuple[int, int, bytes]],
     keys: int,
     progress: Callable[[int, int, float], None] | None,
+    send: Callable[[str, bytes, bytes | None], None] | None = None,
 ) -> float:
-    """Produce every message of ``runs`` and wait until all are delivered; the seconds that took."""
+    """Produce every message of ``runs`` and wait until all are delivered; the seconds that took.
+    ``send(topic, value, key)`` produces one message (default: ``producer.produce``)."""
     key_values: list[bytes | None] = [f"key-{k}".encode() for k in range(keys)] if keys else [None]
     nkeys = len(key_values)
     start, count = runs[0][0], runs[-1][1] - runs[0][0]
-    send = producer.produce
+    send = producer.produce if send is None else send
     poll = producer.poll
     monotonic = time.monotonic
     produced = 0
@@ -253,7 +266,7 @@ def _send_all(
                     try:
                         send(topic, value, key_values[i % nkeys])
                     except BufferError:  # the local queue is full: serve deliveries until there is room
-                        _send_when_room(producer, topic, value, key_values[i % nkeys])
+                        _send_when_room(producer, send, topic, value, key_values[i % nkeys])
                 produced = chunk_end - start
                 poll(0)
                 if events.fatal is not None:
@@ -268,11 +281,72 @@ def _send_all(
     return monotonic() - t0
 
 
-def _send_when_room(producer: Producer, topic: str, value: bytes, key: bytes | None) -> None:
+def _send_when_room(
+    producer: Producer,
+    send: Callable[[str, bytes, bytes | None], None],
+    topic: str,
+    value: bytes,
+    key: bytes | None,
+) -> None:
     while True:
         producer.poll(0.1)
         try:
-            producer.produce(topic, value, key)
+            send(topic, value, key)
             return
         except BufferError:
             continue
+
+
+def _trace_provider() -> TracerProvider | None:
+    """OpenTelemetry's tracer provider when it is configured (as for the consumer: ``tracing="auto"``)."""
+    from fastconsumer import tracing
+
+    return tracing.provider_for("auto")
+
+
+def _traced(
+    producer: Producer,
+    events: _ClientEvents,
+    topic: str,
+    runs: list[tuple[int, int, bytes]],
+    keys: int,
+    progress: Callable[[int, int, float], None] | None,
+    provider: TracerProvider | None,
+) -> float:
+    """``_send_all`` with a ``traceparent`` header on every message (the untraced loop stays as it is)."""
+    if provider is None:
+
+        def send(topic: str, value: bytes, key: bytes | None) -> None:
+            traceparent = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+            producer.produce(topic, value, key, headers=[("traceparent", traceparent.encode())])
+
+        return _send_all(producer, events, topic, runs, keys, progress, send)
+
+    from opentelemetry import propagate, trace
+
+    from fastconsumer import __version__, tracing
+
+    tracer = provider.get_tracer("fastconsumer.produce", __version__)
+    name = f"send {topic}"
+    attributes = {
+        tracing.SYSTEM: "kafka",
+        tracing.OPERATION_NAME: "send",
+        tracing.OPERATION_TYPE: "send",
+        tracing.DESTINATION: topic,
+    }
+
+    def send_in_span(topic: str, value: bytes, key: bytes | None) -> None:
+        span = tracer.start_span(name, kind=trace.SpanKind.PRODUCER, attributes=attributes)
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, trace.set_span_in_context(span))
+        try:
+            producer.produce(topic, value, key, headers=[(k, v.encode()) for k, v in carrier.items()])
+        finally:
+            span.end()
+
+    try:
+        return _send_all(producer, events, topic, runs, keys, progress, send_in_span)
+    finally:
+        flush = getattr(provider, "force_flush", None)
+        if callable(flush):
+            flush()
