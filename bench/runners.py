@@ -395,6 +395,26 @@ def rss_passes(bootstrap: str, topic: str, total: int, passes: int) -> list[dict
     return out
 
 
+# -- tracing
+
+
+def traced(sampling: float) -> Any:
+    """An OpenTelemetry SDK tracer provider as an application would set one up: a batch span processor and
+    a ``sampling`` ratio (parent-based; the bench topic's messages carry no trace context, so the ratio
+    decides), with an exporter that drops the spans: the cost of making them, not of shipping them."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    class Dropped(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(sampling)))
+    provider.add_span_processor(BatchSpanProcessor(Dropped()))
+    return provider
+
+
 # -- the command line: one measurement per process
 
 HANDLERS: dict[str, Callable[..., Awaitable[Any]]] = {}
@@ -430,17 +450,20 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Run the measurement ``spec["what"]`` in this process; a JSON-able result.
 
     ``bare`` (``config``), ``fastconsumer`` (``handler``: noop, noop_batch or io_1ms; ``options``: Consumer
-    keyword arguments), ``handwritten``, ``aiokafka``, ``aioconsumer``: ``Run.row()`` of one read of
-    ``topic`` (``total`` messages) at ``bootstrap``. ``io`` (``n``, ``seconds``): ``{"msgs_per_s"}``.
-    ``first`` (``repeats``): seconds to the first message, fastconsumer and bare, in turns. ``rss``
-    (``passes``): ``rss_passes()``.
+    keyword arguments; ``sampling``: trace with ``traced(sampling)``), ``handwritten``, ``aiokafka``,
+    ``aioconsumer``: ``Run.row()`` of one read of ``topic`` (``total`` messages) at ``bootstrap``. ``io``
+    (``n``, ``seconds``): ``{"msgs_per_s"}``. ``first`` (``repeats``): seconds to the first message,
+    fastconsumer and bare, in turns. ``rss`` (``passes``): ``rss_passes()``.
     """
     what = spec["what"]
     args = (spec.get("bootstrap"), spec.get("topic"), spec.get("total"))
     if what == "bare":
         return bare_consume(*args, spec.get("config")).row()
     if what == "fastconsumer":
-        run, summary = fastconsumer_run(*args, HANDLERS[spec["handler"]], **spec.get("options", {}))
+        options = dict(spec.get("options", {}))
+        if spec.get("sampling") is not None:
+            options["tracing"] = traced(spec["sampling"])
+        run, summary = fastconsumer_run(*args, HANDLERS[spec["handler"]], **options)
         return {**run.row(), "core": summary.core, "vmhwm_kb": memory_kb()["vmhwm_kb"]}
     if what == "handwritten":
         return on_new_loop(lambda: handwritten(*args, concurrency=spec.get("concurrency", 64))).row()
