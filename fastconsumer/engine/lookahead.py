@@ -120,8 +120,9 @@ class LookAhead:
             return False
         stats = self.stats
         scheduler = self.scheduler
-        if stats.in_flight >= self.concurrency or scheduler.ready() or not len(scheduler):
-            return False  # slots all busy, or work runnable, or nothing held: not the look-ahead
+        ready = scheduler.ready()
+        if stats.in_flight + ready >= self.concurrency or len(scheduler) == ready:
+            return False  # every slot has work, or nothing waits behind a busy lane: not the ordering
         if self.paused:
             if self.partition_ordering:  # more of a partition that has work makes no more lanes
                 pending = self.tracker.pending

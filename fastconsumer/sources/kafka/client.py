@@ -63,6 +63,8 @@ RETRIABLE = frozenset(
         KafkaError._WAIT_COORD,
     }
 )
+#: Seconds a wait for messages goes without looking for a command from the event loop.
+SLICE = 0.01
 #: Seconds between looks at the positions of caught-up partitions (``_follow_up``).
 FOLLOW_UP_S = 0.5
 
@@ -279,15 +281,39 @@ class Client:
         self._ahead = min(command.prefetch, wanted)
         prefetch = self._ahead - len(self._held)
         if prefetch > 0 and self.commands.empty():
-            self._hold(consumer, prefetch, timeout=0)
+            self._hold(consumer, prefetch, wait=0)
 
-    def _hold(self, consumer: KafkaConsumer, n: int, timeout: float | None = None) -> None:
-        """Fetch up to ``n`` more messages into ``_held``. Not ``self._held.extend(self._consume(...))``: that
-        binds the list before consume() runs, and a revoke inside it replaces the list, so the messages it
-        returns would go to the old one and be lost."""
-        fresh = self._consume(consumer, n, timeout)
-        if fresh:
-            self._held.extend(self._pauses.park(fresh))
+    def _hold(self, consumer: KafkaConsumer, n: int, wait: float | None = None, answer: bool = True) -> int:
+        """Fetch up to ``n`` more messages into ``_held``; return how many came (parked ones included).
+
+        What librdkafka has now, at once; when it has nothing, the first to come within ``wait`` seconds
+        (``poll_timeout`` by default), then what came with them. librdkafka's ``consume(n, timeout)`` waits
+        for all ``n`` or the timeout, so a partial batch would cost the whole timeout: it is not asked to
+        wait for more than one. The wait is cut in slices of ``SLICE``, and with ``answer`` ends as soon as
+        a command arrives (a resume, a commit), which then waits a slice at most.
+
+        Not ``self._held.extend(self._consume(...))``: that binds the list before consume() runs, and a
+        revoke inside it replaces the list, so the messages it returns would go to the old one and be lost.
+        """
+        wait = self.poll_timeout if wait is None else wait
+        deadline = time.monotonic() + wait
+        got = 0
+        timeout = 0.0
+        while True:
+            fresh = self._consume(consumer, 1 if timeout else n - got, timeout)
+            if fresh:
+                got += len(fresh)
+                self._held.extend(self._pauses.park(fresh))
+                if got >= n:
+                    return got
+                timeout = 0.0  # and the rest of what came with it
+                continue
+            if got:
+                return got
+            left = deadline - time.monotonic()
+            if left <= 0 or (answer and not self.commands.empty()):
+                return 0
+            timeout = min(SLICE, left)
 
     def _note_delivered(self, messages: list[Message]) -> None:
         """Remember the last offset handed to the engine per partition (a batch is in offset order per
@@ -412,7 +438,7 @@ class Client:
         self._set_paused(consumer, True)  # no fetching meanwhile; the next fetch resumes
         deadline = time.monotonic() + within
         while self._commits_sent and time.monotonic() < deadline:
-            self._hold(consumer, 1)
+            self._hold(consumer, 1, SLICE, answer=False)
 
     def _commit_sync(
         self, consumer: KafkaConsumer, offsets: list[TopicPartition], within: float

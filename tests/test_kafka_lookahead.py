@@ -1,0 +1,70 @@
+"""The fair look-ahead against a real broker: a partition that holds its share is paused at the client while
+the others keep being fetched, and the member stays in the group however long the pause lasts."""
+
+import asyncio
+import time
+
+from confluent_kafka import Producer
+
+from fastconsumer import Consumer
+from fastconsumer.sources import KafkaSource
+from tests.kafka_helpers import committed_offsets, end_offsets
+
+PER_PARTITION = 2_000
+BATCH = 50
+LOOKAHEAD = 200  # a share of 50 messages for each of 4 partitions
+POLL_INTERVAL_MS = 6_000  # the least librdkafka takes (session.timeout.ms, the broker's minimum, 6 s)
+
+
+def fill(bootstrap, topic):
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    for p in range(4):
+        for i in range(PER_PARTITION):
+            producer.produce(topic, b"%d" % i, partition=p)
+        producer.poll(0)
+    assert producer.flush(30) == 0
+
+
+def test_a_partition_holding_its_share_is_paused_while_the_others_flow_and_the_member_stays(
+    kafka_bootstrap, kafka_topic
+):
+    fill(kafka_bootstrap, kafka_topic)
+    release = asyncio.Event()
+    handled = {p: 0 for p in range(4)}
+
+    async def handler(msg):
+        if msg.partition() == 0:
+            await release.wait()  # partition 0 is stuck on its first message until released
+        handled[msg.partition()] += 1
+
+    config = {"session.timeout.ms": 6_000, "max.poll.interval.ms": POLL_INTERVAL_MS}
+    source = KafkaSource(kafka_bootstrap, [kafka_topic], "paused", config=config, from_beginning=True)
+    consumer = Consumer(
+        source,
+        handler,
+        concurrency=8,
+        ordering="partition",
+        batch_size=BATCH,
+        max_buffered=LOOKAHEAD,  # no growth: the share stays 50
+        exit_at_end=True,
+    )
+    consumer.start()
+    try:
+        deadline = time.monotonic() + 60
+        while sum(handled[p] for p in (1, 2, 3)) < 3 * PER_PARTITION:
+            assert time.monotonic() < deadline, f"the partitions not paused stopped flowing: {handled}"
+            time.sleep(0.05)
+        # Partition 0 holds its share and one batch at most: it was paused, not read on into memory.
+        assert consumer.stats.consumed - 3 * PER_PARTITION <= LOOKAHEAD // 4 + BATCH
+        # Past max.poll.interval.ms with partition 0 paused: the member must still own its partitions.
+        time.sleep(POLL_INTERVAL_MS / 1000 + 1)
+        assert source.stats.rebalances == 1 and len(source.assignment()) == 4
+        assert handled[0] == 0
+        consumer.loop.call_soon_threadsafe(release.set)
+        summary = consumer.join(timeout=60)
+    finally:
+        consumer.stop()
+    assert summary is not None and summary.error is None
+    assert handled == {p: PER_PARTITION for p in range(4)}
+    ends = end_offsets(kafka_bootstrap, kafka_topic)
+    assert committed_offsets(kafka_bootstrap, "paused", kafka_topic) == ends
