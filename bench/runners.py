@@ -398,6 +398,27 @@ def rss_passes(bootstrap: str, topic: str, total: int, passes: int) -> list[dict
 # -- tracing
 
 
+def engine_run(total: int, handler: Callable[..., Awaitable[Any]], **options: Any) -> dict[str, Any]:
+    """The engine alone: ``total`` messages of the memory source (4 partitions, 10,000 keys) through a
+    ``Consumer`` on its own thread, timed from ``start()`` to the end of the run."""
+    from fastconsumer import MemoryLog, MemorySource
+
+    consumer = Consumer(
+        MemorySource(MemoryLog(partitions=4, count=total, keys=10_000)),
+        handler,
+        max_messages=total,
+        **options,
+    )
+    started = time.monotonic()
+    consumer.start()
+    summary = consumer.join(TIMEOUT)
+    elapsed = time.monotonic() - started
+    if summary is None or summary.handled != total or summary.error:
+        consumer.stop()
+        raise AssertionError(f"fastconsumer on the memory source: {summary}")
+    return {"messages": total, "msgs_per_s": total / elapsed, "elapsed_s": round(elapsed, 4)}
+
+
 def traced(sampling: float) -> Any:
     """An OpenTelemetry SDK tracer provider as an application would set one up: a batch span processor and
     a ``sampling`` ratio (parent-based; the bench topic's messages carry no trace context, so the ratio
@@ -450,7 +471,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Run the measurement ``spec["what"]`` in this process; a JSON-able result.
 
     ``bare`` (``config``), ``fastconsumer`` (``handler``: noop, noop_batch or io_1ms; ``options``: Consumer
-    keyword arguments; ``sampling``: trace with ``traced(sampling)``), ``handwritten``, ``aiokafka``,
+    keyword arguments; ``sampling``: trace with ``traced(sampling)``), ``engine`` (the same on the memory
+    source, ``total`` messages: ``{"msgs_per_s"}``), ``handwritten``, ``aiokafka``,
     ``aioconsumer``: ``Run.row()`` of one read of ``topic`` (``total`` messages) at ``bootstrap``. ``io``
     (``n``, ``seconds``): ``{"msgs_per_s"}``. ``first`` (``repeats``): seconds to the first message,
     fastconsumer and bare, in turns. ``rss`` (``passes``): ``rss_passes()``.
@@ -465,6 +487,11 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             options["tracing"] = traced(spec["sampling"])
         run, summary = fastconsumer_run(*args, HANDLERS[spec["handler"]], **options)
         return {**run.row(), "core": summary.core, "vmhwm_kb": memory_kb()["vmhwm_kb"]}
+    if what == "engine":
+        options = dict(spec.get("options", {}))
+        if spec.get("sampling") is not None:
+            options["tracing"] = traced(spec["sampling"])
+        return engine_run(spec["total"], HANDLERS[spec["handler"]], **options)
     if what == "handwritten":
         return on_new_loop(lambda: handwritten(*args, concurrency=spec.get("concurrency", 64))).row()
     if what == "aiokafka":
