@@ -195,6 +195,11 @@ def _exporter(name: str) -> Any:
         for entry in entry_points(group=group, name=candidate):
             return entry.load()()
     hint = " (pip install opentelemetry-exporter-otlp)" if name.startswith("otlp") else ""
+    if not os.environ.get("OTEL_TRACES_EXPORTER", "").strip():
+        raise ConfigError(
+            f"tracing exports with OTEL_TRACES_EXPORTER, by default otlp, which is not installed{hint}; "
+            "or set OTEL_TRACES_EXPORTER=console"
+        )
     raise ConfigError(f"OTEL_TRACES_EXPORTER={name}: no such span exporter is installed{hint}")
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -514,3 +515,11 @@ def test_the_command_line_traces_when_otel_variables_configure_an_exporter_unles
     missing = run_cli(env=clean_env(OTEL_TRACES_EXPORTER="nosuch"))
     assert missing.returncode == 2
     assert "OTEL_TRACES_EXPORTER=nosuch: no such span exporter is installed" in missing.stderr
+
+    if not any(
+        entry_points(group="opentelemetry_traces_exporter", name=n)
+        for n in ("otlp_proto_grpc", "otlp_proto_http")
+    ):
+        default = run_cli("--tracing", "on", env=clean_env())  # OTEL_TRACES_EXPORTER's default is otlp
+        assert default.returncode == 2
+        assert "by default otlp, which is not installed" in default.stderr
