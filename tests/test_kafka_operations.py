@@ -74,6 +74,8 @@ def test_metrics_agree_with_the_summary_and_lag_reaches_zero(kafka_bootstrap, ka
         == value(samples, "fastconsumer_messages_buffered")
         == 0
     )
+    assert value(samples, "fastconsumer_lookahead_messages") >= 2000  # 4 x batch_size at first, may grow
+    assert value(samples, "fastconsumer_partitions_paused") == 0  # all handled: nothing holds a share
     assert value(samples, "fastconsumer_assigned_partitions") == 4
     assert value(samples, "fastconsumer_rebalances_total") >= 1
     commits = value(samples, "fastconsumer_commits_total")

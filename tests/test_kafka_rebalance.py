@@ -97,7 +97,7 @@ class Noting(SourceListener):
         start = time.monotonic()
         consumer = self.member.consumer
         assert consumer is not None
-        room = consumer.settings.cap - consumer.buffered - consumer.stats.in_flight
+        room = consumer.stats.lookahead - consumer.buffered - consumer.stats.in_flight
         if self.member.on_revoking is not None:
             self.member.on_revoking({tp.partition for tp in partitions})
         offsets = await self.listener.on_revoke(partitions)

@@ -180,6 +180,16 @@ def test_a_commit_failing_for_one_partition_is_reported_with_that_partition(kafk
 # -- the Kafka thread on its own, with a stand-in for librdkafka's consumer
 
 
+class FakeConsumer:
+    """What every stand-in answers alike: pauses (the thread pauses while it waits) change nothing here."""
+
+    def pause(self, partitions):
+        pass
+
+    def resume(self, partitions):
+        pass
+
+
 class FakeMessage:
     def __init__(self, partition: int, offset: int) -> None:
         self._partition, self._offset = partition, offset
@@ -212,7 +222,7 @@ def test_messages_fetched_ahead_in_the_poll_that_revoked_a_partition_are_kept():
     client._held = [FakeMessage(0, 5), FakeMessage(1, 7)]
     client._ahead = 10  # the engine is busy, not full: the thread fetches ahead between commands
 
-    class Consumer:
+    class Consumer(FakeConsumer):
         def consume(self, num_messages, timeout):
             client._forget([TopicPartition("t", 1)])  # what the revoke callback does first
             client.commands.put(Close(loop.create_future()))  # ends _serve after this poll
@@ -232,7 +242,7 @@ def test_synchronous_commit_retries_a_moving_coordinator():
     client, loop = _client()
     attempts = []
 
-    class Consumer:
+    class Consumer(FakeConsumer):
         def commit(self, offsets, asynchronous):
             attempts.append(offsets)
             if len(attempts) == 1:
@@ -262,7 +272,7 @@ def test_synchronous_commit_gives_up_after_its_deadline(monkeypatch):
     client, loop = _client()
     attempts = []
 
-    class Consumer:
+    class Consumer(FakeConsumer):
         def commit(self, offsets, asynchronous):
             attempts.append(offsets)
             raise KafkaException(KafkaError(KafkaError.NOT_COORDINATOR))
@@ -280,7 +290,7 @@ def test_synchronous_commit_gives_up_after_its_deadline(monkeypatch):
 def test_synchronous_commit_fails_for_the_partitions_that_failed():
     client, loop = _client()
 
-    class Consumer:
+    class Consumer(FakeConsumer):
         def commit(self, offsets, asynchronous):
             error = KafkaError(KafkaError.OFFSET_METADATA_TOO_LARGE)
             failed = SimpleNamespace(topic="t", partition=1, offset=9, metadata="x", error=error)
@@ -303,7 +313,7 @@ def test_one_asynchronous_commit_in_flight_the_next_waits_with_the_newest_offset
     client.assignment = {("t", 0), ("t", 1)}
     sent = []
 
-    class Consumer:
+    class Consumer(FakeConsumer):
         def commit(self, offsets, asynchronous):
             sent.append([(tp.partition, tp.offset) for tp in offsets])
 
@@ -333,7 +343,7 @@ def test_a_synchronous_commit_waits_for_the_asynchronous_one_in_flight():
     client.assignment = {("t", 0)}
     events = []
 
-    class Consumer:
+    class Consumer(FakeConsumer):
         def commit(self, offsets, asynchronous):
             events.append(("async" if asynchronous else "sync", [tp.offset for tp in offsets]))
             return None if asynchronous else list(offsets)

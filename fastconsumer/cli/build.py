@@ -50,6 +50,8 @@ def check(args: argparse.Namespace) -> Plan:
         concurrency=args.concurrency,
         ordering=args.ordering,
         batch_size=args.batch_size,
+        max_buffered=args.max_buffered,
+        max_buffered_bytes=round(args.max_buffered_mb * 1024 * 1024),
         commit_interval=args.commit_interval,
         shutdown_timeout=args.shutdown_timeout,
         max_messages=args.max_messages,

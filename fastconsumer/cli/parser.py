@@ -151,6 +151,18 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
         help="seconds a stop waits for running handlers before abandoning them (30)",
     )
     parser.add_argument("--max-messages", type=positive_int, help="stop gracefully after N handled")
+    parser.add_argument(
+        "--max-buffered",
+        type=positive_int,
+        help="messages fetched and not yet handled, at most; the look-ahead starts at 4 x --batch-size or "
+        "4 x --concurrency and grows to this while handlers starve behind the ordering (10 x that)",
+    )
+    parser.add_argument(
+        "--max-buffered-mb",
+        type=positive_float,
+        default=64.0,
+        help="MiB of keys and values fetched and not yet handled, at most (64)",
+    )
 
 
 def _add_failure_flags(group: argparse._ArgumentGroup) -> None:

@@ -56,6 +56,7 @@ class LookAhead:
         self.mean_size = 0.0  # bytes of key and value, of the messages fetched lately
         self.paused: set[Partition] = set()
         self._share = self.limit
+        stats.lookahead = self.limit
         self._may_grow = True  # once per fetch that delivered: a look at what the growth let in
         self._next_look = 0  # stats.handled at the next look
 
@@ -76,6 +77,7 @@ class LookAhead:
         over = [key for key in self.tracker.partitions() if key not in paused and pending(*key) > share]
         if over:
             paused.update(over)
+            self.stats.paused = len(paused)
             self.source.pause(over)
 
     def check(self) -> None:
@@ -95,6 +97,7 @@ class LookAhead:
             down = [key for key in self.paused if pending(*key) <= half]
             if down:
                 self.paused.difference_update(down)
+                self.stats.paused = len(self.paused)
                 self.source.resume(down)
 
     # -- how
@@ -142,7 +145,7 @@ class LookAhead:
         self._may_grow = False
 
     def _set_limit(self, limit: int) -> None:
-        self.limit = limit
+        self.limit = self.stats.lookahead = limit
         self.step = self._step()
         self._share = self._share_now()
 

@@ -23,6 +23,8 @@ class Stats:
     dead_lettered: int = 0
     abandoned: int = 0  # running when a stop stopped waiting for them
     in_flight: int = 0  # handed to a handler and not finished
+    lookahead: int = 0  # messages the engine may hold now, buffered and in flight (engine/lookahead.py)
+    paused: int = 0  # partitions paused for holding their share of the look-ahead
     commit_failures: int = 0
     #: The offset each partition's group offset was last committed at, from successful commits only.
     committed: dict[Partition, int] = field(default_factory=dict)

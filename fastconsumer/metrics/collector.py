@@ -57,6 +57,16 @@ class ConsumerCollector:
         yield GaugeMetricFamily(
             "fastconsumer_messages_buffered", "Messages fetched, waiting for a handler.", value=c.buffered
         )
+        yield GaugeMetricFamily(
+            "fastconsumer_lookahead_messages",
+            "Messages the engine may hold now, buffered and in flight; grows while handlers starve.",
+            value=c.stats.lookahead,
+        )
+        yield GaugeMetricFamily(
+            "fastconsumer_partitions_paused",
+            "Partitions paused for holding their share of the look-ahead.",
+            value=c.stats.paused,
+        )
         if c.stats.handler_seconds is not None:
             yield _histogram(
                 "fastconsumer_handler_seconds", "Handler call duration.", c.stats.handler_seconds

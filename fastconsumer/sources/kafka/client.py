@@ -63,6 +63,8 @@ RETRIABLE = frozenset(
         KafkaError._WAIT_COORD,
     }
 )
+#: librdkafka's default max.partition.fetch.bytes: what a held-back partition parks before it is paused.
+PARK_BYTES = 1_048_576
 #: Seconds a wait for messages goes without looking for a command from the event loop.
 SLICE = 0.01
 #: Seconds between looks at the positions of caught-up partitions (``_follow_up``).
@@ -132,7 +134,8 @@ class Client:
         self._follow_up_at = 0.0
         self._one_topic = len(topics) == 1 and not topics[0].startswith("^")
         self._ahead = 0  # how many messages the engine's cap lets this thread hold for its next fetch
-        self._pauses = Pauses()
+        # a held-back partition parks about one fetch response before librdkafka pauses it (pauses.py)
+        self._pauses = Pauses(int(config.get("max.partition.fetch.bytes") or PARK_BYTES))
         self._reassigned = False
         self._commits_sent: deque[float] = deque()  # when each asynchronous commit in flight was sent
         self._queued: dict[
@@ -287,33 +290,38 @@ class Client:
         """Fetch up to ``n`` more messages into ``_held``; return how many came (parked ones included).
 
         What librdkafka has now, at once; when it has nothing, the first to come within ``wait`` seconds
-        (``poll_timeout`` by default), then what came with them. librdkafka's ``consume(n, timeout)`` waits
-        for all ``n`` or the timeout, so a partial batch would cost the whole timeout: it is not asked to
+        (``poll_timeout`` by default), then what came with it. librdkafka's ``consume(n, timeout)`` waits
+        for all ``n`` or the timeout, so a partial batch would cost the whole timeout: it is never asked to
         wait for more than one. The wait is cut in slices of ``SLICE``, and with ``answer`` ends as soon as
-        a command arrives (a resume, a commit), which then waits a slice at most.
+        a command arrives (a resume, a commit), which so waits a slice at most.
 
-        Not ``self._held.extend(self._consume(...))``: that binds the list before consume() runs, and a
-        revoke inside it replaces the list, so the messages it returns would go to the old one and be lost.
+        Each consume() call's messages join ``_held`` before the next call: a revoke inside a call replaces
+        ``_held`` (dropping the partitions that left), and what an earlier call returned must have been in
+        it by then. For the same reason not ``self._held.extend(self._consume(...))``, which binds the list
+        before consume() runs.
         """
+        got = self._take(consumer, n, 0.0)
         wait = self.poll_timeout if wait is None else wait
+        if got or wait <= 0:
+            return got
         deadline = time.monotonic() + wait
-        got = 0
-        timeout = 0.0
         while True:
-            fresh = self._consume(consumer, 1 if timeout else n - got, timeout)
-            if fresh:
-                got += len(fresh)
-                self._held.extend(self._pauses.park(fresh))
-                if got >= n:
-                    return got
-                timeout = 0.0  # and the rest of what came with it
-                continue
-            if got:
-                return got
             left = deadline - time.monotonic()
             if left <= 0 or (answer and not self.commands.empty()):
                 return 0
-            timeout = min(SLICE, left)
+            if self._take(consumer, 1, min(SLICE, left)):
+                return 1 + (self._take(consumer, n - 1, 0.0) if n > 1 else 0)
+
+    def _take(self, consumer: KafkaConsumer, n: int, timeout: float) -> int:
+        fresh = self._consume(consumer, n, timeout)
+        if fresh:
+            self._held.extend(self._pauses.park(consumer, fresh))
+        return len(fresh)
+
+    def holding(self) -> bool:
+        """Whether messages fetched and not delivered wait here, held ahead or parked for a paused partition
+        (read from the event loop too: a partition at its end is not read to its end while they wait)."""
+        return bool(self._held) or any(self._pauses.parked.values())
 
     def _note_delivered(self, messages: list[Message]) -> None:
         """Remember the last offset handed to the engine per partition (a batch is in offset order per

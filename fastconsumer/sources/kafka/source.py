@@ -122,7 +122,7 @@ class KafkaSource(Source):
         if self._client is None:
             return False
         assignment = self._client.assignment
-        return bool(assignment) and assignment <= self._client.eof
+        return bool(assignment) and assignment <= self._client.eof and not self._client.holding()
 
     async def close(self) -> None:
         client = self._client
