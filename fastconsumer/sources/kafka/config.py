@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
@@ -9,11 +10,39 @@ from confluent_kafka import KafkaError, KafkaException
 DEFAULTS: dict[str, Any] = {
     "enable.auto.commit": False,  # offsets are committed only from the tracker
     "enable.auto.offset.store": False,
-    "partition.assignment.strategy": "cooperative-sticky",
     "enable.partition.eof": True,  # tells --exit-at-end where the ends are
     # librdkafka's default backoff stalls a fast consumer whose fetch queue ran dry for 1 s at a time.
     "fetch.queue.backoff.ms": 10,
 }
+
+#: Set only under the classic group protocol: with ``group.protocol=consumer`` (KIP-848) the broker assigns
+#: partitions and librdkafka refuses ``partition.assignment.strategy`` (and ``session.timeout.ms``,
+#: ``heartbeat.interval.ms``, ``group.protocol.type``, which the broker holds too), so none is set there.
+CLASSIC_DEFAULTS: dict[str, Any] = {
+    "partition.assignment.strategy": "cooperative-sticky",
+}
+
+
+def consumer_protocol(config: Mapping[str, Any]) -> bool:
+    """Whether ``config`` asks for the KIP-848 consumer group protocol (``group.protocol=consumer``;
+    librdkafka reads the value without regard to case or surrounding spaces)."""
+    return str(config.get("group.protocol", "classic")).strip().lower() == "consumer"
+
+
+def with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` over fastconsumer's defaults, those of the classic protocol only under it."""
+    classic = {} if consumer_protocol(config) else CLASSIC_DEFAULTS
+    return {**DEFAULTS, **classic, **config}
+
+
+def incremental(config: Mapping[str, Any]) -> bool:
+    """Whether assignments come incrementally (each ``on_assign`` adds partitions, each ``on_revoke`` takes
+    some away) rather than eagerly (each ``on_assign`` is the whole assignment): always under the consumer
+    protocol, and under the classic one with a cooperative strategy (librdkafka's default, range then
+    roundrobin, is eager)."""
+    if consumer_protocol(config):
+        return True
+    return "cooperative" in str(config.get("partition.assignment.strategy", "range,roundrobin"))
 
 
 class SourceError(RuntimeError):

@@ -12,7 +12,7 @@ from fastconsumer.errors import ConfigError
 from fastconsumer.sources.base import Partition, Source, SourceListener, Watermarks
 from fastconsumer.sources.kafka.client import Client
 from fastconsumer.sources.kafka.commands import Close, Command, Commit, CommitSync, Fetch, Pause
-from fastconsumer.sources.kafka.config import DEFAULTS, SourceError
+from fastconsumer.sources.kafka.config import SourceError, with_defaults
 
 EARLIEST = ("earliest", "smallest", "beginning")
 
@@ -47,13 +47,15 @@ class KafkaSource(Source):
         self.group = group
         self.connect_timeout = connect_timeout
         self.poll_timeout = poll_timeout
-        self.config: dict[str, Any] = {
-            **DEFAULTS,
-            "auto.offset.reset": "earliest" if from_beginning else "latest",
-            **(config or {}),
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": group,
-        }
+        # the assignment strategy only under the classic protocol: librdkafka refuses it under KIP-848's
+        self.config: dict[str, Any] = with_defaults(
+            {
+                "auto.offset.reset": "earliest" if from_beginning else "latest",
+                **(config or {}),
+                "bootstrap.servers": bootstrap_servers,
+                "group.id": group,
+            }
+        )
         self._client: Client | None = None
 
     def describe(self) -> str:
