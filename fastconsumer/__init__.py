@@ -4,7 +4,14 @@ from fastconsumer.core import core_impl
 from fastconsumer.engine import BatchHandler, Consumer, Handler, Settings, Stats, Summary, batch
 from fastconsumer.errors import ConfigError, HandlerError, HandlerTimeout
 from fastconsumer.policy import DeadLetter, Outcome, Policy
-from fastconsumer.sources import KafkaSource, MemoryLog, MemorySource, Source, SourceListener
+from fastconsumer.sources import (
+    KafkaShareSource,
+    KafkaSource,
+    MemoryLog,
+    MemorySource,
+    Source,
+    SourceListener,
+)
 
 __all__ = [
     "BatchHandler",
@@ -14,6 +21,7 @@ __all__ = [
     "Handler",
     "HandlerError",
     "HandlerTimeout",
+    "KafkaShareSource",
     "KafkaSource",
     "MemoryLog",
     "MemorySource",

@@ -29,6 +29,7 @@ class Outcome(enum.Enum):
     HANDLED = "handled"  # the handler finished (perhaps on a retry)
     SKIPPED = "skipped"  # the policy let it pass
     DEAD_LETTERED = "dead_lettered"  # the policy wrote it elsewhere
+    RELEASED = "released"  # the policy gave it back to a share group, for another delivery (share groups)
     STOPPED = "stopped"  # the policy stopped the consumer: it stays uncommitted
     INTERRUPTED = "interrupted"  # a stop came while it waited for a retry: it stays uncommitted
     REVOKED = "revoked"  # its partition was revoked first: left uncommitted for the next owner
@@ -36,12 +37,15 @@ class Outcome(enum.Enum):
 
     @property
     def done(self) -> bool:
-        """Whether its offset may be committed."""
+        """Whether it is finished here: its offset may be committed (a released one went back to its share
+        group, which alone can deliver it again)."""
         return self in _DONE
 
 
-_DONE = frozenset((Outcome.HANDLED, Outcome.SKIPPED, Outcome.DEAD_LETTERED))
+_DONE = frozenset((Outcome.HANDLED, Outcome.SKIPPED, Outcome.DEAD_LETTERED, Outcome.RELEASED))
 POLICY_OUTCOMES = (Outcome.SKIPPED, Outcome.DEAD_LETTERED, Outcome.STOPPED)
+#: What a policy may return with a source that settles messages (a share group): RELEASED too.
+SHARE_POLICY_OUTCOMES = (*POLICY_OUTCOMES, Outcome.RELEASED)
 
 PolicyFunction = Callable[[list[Message], BaseException, int], Awaitable[Outcome]]
 
@@ -93,6 +97,27 @@ class Skip(Policy):
                 error,
             )
         return Outcome.SKIPPED
+
+
+class Release(Policy):
+    """Share groups only: give the message back to the broker, which delivers it again to any member, up to
+    the group's ``share.delivery.count.limit`` (then archives it)."""
+
+    name = "release"
+
+    async def __call__(self, messages: list[Message], error: BaseException, attempts: int) -> Outcome:
+        for msg in messages:
+            log.warning(
+                "releasing %s[%d]@%d (delivery %s) after %d attempt(s): %s: %s",
+                msg.topic(),
+                msg.partition(),
+                msg.offset(),
+                msg.delivery_count(),
+                attempts,
+                type(error).__name__,
+                error,
+            )
+        return Outcome.RELEASED
 
 
 class DeadLetterError(RuntimeError):
@@ -174,9 +199,11 @@ def resolve(on_error: str | Policy | PolicyFunction) -> Policy:
             return Stop()
         if on_error == "skip":
             return Skip()
+        if on_error == "release":
+            return Release()
         if on_error == "dlq":
             raise ConfigError("on_error='dlq' needs a topic: pass policy.DeadLetter(topic, producer_config)")
-        raise ConfigError(f"on_error must be 'stop', 'skip', 'dlq' or a policy; got {on_error!r}")
+        raise ConfigError(f"on_error must be 'stop', 'skip', 'release', 'dlq' or a policy; got {on_error!r}")
     if not callable(on_error):
         raise ConfigError(f"on_error must be 'stop', 'skip', a Policy or an async function; got {on_error!r}")
     return _Function(on_error)

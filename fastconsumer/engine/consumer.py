@@ -16,6 +16,7 @@ from fastconsumer.engine.handler import AnyHandler
 from fastconsumer.engine.lifecycle import Run
 from fastconsumer.engine.settings import Settings
 from fastconsumer.engine.stats import Stats, Summary
+from fastconsumer.errors import ConfigError
 from fastconsumer.loops import new_event_loop
 from fastconsumer.sources.base import Source
 
@@ -75,6 +76,16 @@ class Consumer:
             tracing=tracing,
         )
         self.policy = policies.resolve(on_error)
+        if source.settles_messages:
+            if ordering != "unordered":
+                raise ConfigError(
+                    f"ordering={ordering!r}: a share group keeps no order (other members hold the records "
+                    "around each one); pass ordering='unordered'"
+                )
+            if exit_at_end:
+                raise ConfigError("exit_at_end: a share group has no end to read to")
+        elif isinstance(self.policy, policies.Release):
+            raise ConfigError("on_error='release' needs a share group source (it hands records back to one)")
         self.source = source
         self.handler = handler
         self.core = core.core_impl()
@@ -137,7 +148,12 @@ class Consumer:
             self._elapsed = time.monotonic() - self._started_at
             self.error = run.error
             self.summary = Summary.of(
-                self.stats, source=self.source.name, core=self.core, elapsed=self._elapsed, error=self.error
+                self.stats,
+                source=self.source.name,
+                core=self.core,
+                elapsed=self._elapsed,
+                error=self.error,
+                acks=self.source.stats.acks,
             )
             run.ended.set()
             self._finished.set()

@@ -56,8 +56,12 @@ class Dispatcher:
         stats: Stats,
         stop_at: int,
         fatal: Callable[[BaseException], None],
+        settle: Callable[[list[Message], Outcome], None] | None = None,
     ) -> None:
         self.scheduler = scheduler
+        #: A source's ``settle``, when it settles messages: told how each failed call ended (handled calls
+        #: report themselves, ``handler.settling``).
+        self._settle = settle
         self.phase = RUNNING
         self._loop = asyncio.get_running_loop()
         #: Set whenever something must be looked at after a message is handled; cleared once nothing is.
@@ -265,6 +269,8 @@ class Dispatcher:
     async def _failed(self, i: int, messages: list[Message], error: BaseException, arg: Any) -> None:
         """A call that raised: settle it (retries, the policy), then account for how it ended."""
         outcome = await self._outcome(i, messages, error, arg)
+        if self._settle is not None and outcome is not Outcome.HANDLED:
+            self._settle(messages, outcome)
         self.stats.in_flight -= len(messages)
         scheduler = self.scheduler
         if outcome.done:

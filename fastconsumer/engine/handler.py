@@ -12,6 +12,7 @@ from confluent_kafka import Message
 
 from fastconsumer.errors import ConfigError, HandlerTimeout
 from fastconsumer.histogram import Histogram
+from fastconsumer.policy import Outcome
 
 Handler = Callable[[Message], Awaitable[Any]]
 BatchHandler = Callable[[list[Message]], Awaitable[Any]]
@@ -57,6 +58,32 @@ def timed(handler: Callable[[Any], Awaitable[Any]], histogram: Histogram) -> Cal
             return await handler(arg)
         finally:
             observe(clock() - start)
+
+    return call
+
+
+def settling(
+    handler: Callable[[Any], Awaitable[Any]],
+    settle: Callable[[list[Message], Outcome], None],
+    batch: bool,
+) -> Callable[[Any], Awaitable[Any]]:
+    """Report each call that returns as ``HANDLED`` to a source that settles messages (``Source.settle``),
+    retries included; how the others end is reported by the dispatcher."""
+    handled = Outcome.HANDLED
+
+    if batch:
+
+        async def call_batch(messages: list[Message]) -> Any:
+            result = await handler(messages)
+            settle(messages, handled)
+            return result
+
+        return call_batch
+
+    async def call(msg: Message) -> Any:
+        result = await handler(msg)
+        settle([msg], handled)
+        return result
 
     return call
 

@@ -25,7 +25,7 @@ from fastconsumer.engine.retry import Recovery
 from fastconsumer.engine.settings import Settings
 from fastconsumer.engine.stats import Partition, Stats
 from fastconsumer.loops import loop_name
-from fastconsumer.policy import Policy
+from fastconsumer.policy import SHARE_POLICY_OUTCOMES, Policy
 from fastconsumer.sources.base import Source
 
 log = logging.getLogger("fastconsumer")
@@ -60,14 +60,21 @@ class Run:
         tracer = tracing.for_run(settings.tracing, source)  # None when off: then nothing of it per message
         if tracer is not None:
             call = tracer.wrap(call, self.batch)
+        settle = source.settle if source.settles_messages else None
+        if settle is not None:
+            call = handlers.settling(call, settle, self.batch)
         self.tracker = impl.OffsetTracker()
         self.scheduler = impl.Scheduler(settings.ordering, settings.cap, self.tracker)
         revoking: set[Partition] = set()
         revoked = asyncio.Event()
         recovery = Recovery if tracer is None else tracer.recovery
         self.recovery = recovery(settings, policy, call, stats, self.stopping, self.fail, revoking, revoked)
+        if settle is not None:
+            self.recovery.outcomes = SHARE_POLICY_OUTCOMES
         stop_at = settings.max_messages if settings.max_messages is not None else 2**63
-        self.dispatcher = Dispatcher(self.scheduler, impl, call, self.recovery, stats, stop_at, self.fail)
+        self.dispatcher = Dispatcher(
+            self.scheduler, impl, call, self.recovery, stats, stop_at, self.fail, settle
+        )
         self.committer = Committer(source, self.tracker, stats, settings.commit_interval)
         self.fetcher = Fetcher(
             source,
@@ -159,7 +166,8 @@ class Run:
         dispatcher = self.dispatcher
         deadline = asyncio.get_running_loop().time() + self.settings.shutdown_timeout
         settled = await self._settle(deadline)
-        if settled:
+        # A source that settles messages gives back what did not start (close()): nothing to fill.
+        if settled and not self.source.settles_messages:
             # A failed message caps its partition: everything below it is handled, nothing at or above it.
             fill_to = {(t, p): f for t, p, f in self.tracker.frontiers()}
             fill_to.update(self.recovery.failed_at)

@@ -50,6 +50,8 @@ class Recovery:
         self.revoking = revoking
         self.revoked = revoked
         self.failed_at: dict[Partition, int] = {}  # lowest offset per partition the policy stopped on
+        #: What the policy may return: RELEASED too when the source settles messages (lifecycle.py).
+        self.outcomes: tuple[Outcome, ...] = POLICY_OUTCOMES
 
     async def recover(
         self, messages: list[Message], error: BaseException, arg: Any, ours: Callable[[], bool]
@@ -93,10 +95,10 @@ class Recovery:
         cause: BaseException = error
         try:
             outcome = await self.policy(messages, error, attempts)
-            if outcome not in POLICY_OUTCOMES:
+            if outcome not in self.outcomes:
                 raise TypeError(
-                    f"error policy {self.policy.name} returned {outcome!r}; "
-                    "return Outcome.SKIPPED, Outcome.DEAD_LETTERED or Outcome.STOPPED"
+                    f"error policy {self.policy.name} returned {outcome!r}; return "
+                    + ", ".join(f"Outcome.{o.name}" for o in self.outcomes)
                 )
         except (Exception, asyncio.CancelledError) as policy_error:  # it cannot vouch for the message
             if isinstance(policy_error, asyncio.CancelledError) and ours():
@@ -107,6 +109,8 @@ class Recovery:
             self.stats.skipped += len(messages)
         elif outcome is Outcome.DEAD_LETTERED:
             self.stats.dead_lettered += len(messages)
+        elif outcome is Outcome.RELEASED:
+            self.stats.released += len(messages)
         else:  # the lanes stay held and the offsets unacked: nothing at or after it is committed
             failed_at = self.failed_at
             for msg in messages:

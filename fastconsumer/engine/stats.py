@@ -21,6 +21,7 @@ class Stats:
     retried: int = 0
     skipped: int = 0
     dead_lettered: int = 0
+    released: int = 0  # given back to a share group by the error policy (on_error="release")
     abandoned: int = 0  # running when a stop stopped waiting for them
     in_flight: int = 0  # handed to a handler and not finished
     lookahead: int = 0  # messages the engine may hold now, buffered and in flight (engine/lookahead.py)
@@ -50,10 +51,20 @@ class Summary:
     elapsed_s: float = 0.0
     rate: float = 0.0
     error: str | None = None
+    released: int = 0
+    #: A share group's per-record acknowledgements (``SourceStats.acks``); None for the other sources.
+    acknowledged: dict[str, int] | None = None
 
     @classmethod
     def of(
-        cls, stats: Stats, *, source: str, core: str, elapsed: float, error: BaseException | None
+        cls,
+        stats: Stats,
+        *,
+        source: str,
+        core: str,
+        elapsed: float,
+        error: BaseException | None,
+        acks: dict[str, int] | None = None,
     ) -> Summary:
         return cls(
             source=source,
@@ -72,6 +83,8 @@ class Summary:
             elapsed_s=round(elapsed, 3),
             rate=round(stats.handled / elapsed, 1) if elapsed > 0 else 0.0,
             error=str(error) if error is not None else None,
+            released=stats.released,
+            acknowledged=dict(acks) if acks else None,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaException, Message, TopicPartition
 
 from fastconsumer.histogram import Histogram
+from fastconsumer.policy import Outcome
 
 Partition = tuple[str, int]
 
@@ -51,6 +52,9 @@ class SourceStats:
     commits: int = 0  # commits the broker acknowledged
     commit_latency: Histogram = field(default_factory=Histogram)  # seconds from a commit to its result
     rebalances: int = 0  # assignments, revokes and losses
+    #: Per-record acknowledgements, of a source that settles messages (a share group): "accepted",
+    #: "released", "rejected", ...; empty for the others.
+    acks: dict[str, int] = field(default_factory=dict)
 
 
 class Source(abc.ABC):
@@ -60,6 +64,10 @@ class Source(abc.ABC):
 
     #: A short name for summaries and metrics: "memory", "kafka".
     name: str = "source"
+    #: True for a source that acknowledges each message on its own instead of committing offsets (a share
+    #: group): the engine then reports how each message ended to ``settle``, keeps no order among them
+    #: (``ordering="unordered"`` only) and never asks for an end (no ``exit_at_end``).
+    settles_messages: bool = False
 
     def __init__(self) -> None:
         self.stats = SourceStats()
@@ -96,6 +104,12 @@ class Source(abc.ABC):
     async def commit_sync(self, offsets: list[TopicPartition]) -> list[TopicPartition]:
         """Commit and wait; return the offsets as committed (a source may commit further than asked, past
         offsets that hold no message, such as transaction markers). Raise if any partition failed."""
+
+    def settle(self, messages: list[Message], outcome: Outcome) -> None:  # noqa: B027 - optional hook
+        """How messages handed out by ``fetch`` ended, for a source that ``settles_messages`` (the others
+        are never called): ``HANDLED``, ``SKIPPED``, ``DEAD_LETTERED``, ``RELEASED``, ``STOPPED``,
+        ``INTERRUPTED`` or ``FATAL``, once per message. Messages a stop abandoned or never started get
+        no call: ``close`` gives them back. On the event loop; must not block."""
 
     @abc.abstractmethod
     def at_end(self) -> bool:
