@@ -1,10 +1,12 @@
 """How far ahead the engine fetches, and from which partitions.
 
 Fair: librdkafka hands ``consume()`` long runs of one partition (a fetch response each), so a look-ahead
-filled first come, first served holds one partition's keys and leaves handler slots idle. Here each assigned
-partition may hold (fetched and not yet handled) its share of the look-ahead, ``limit / partitions``; one
-that holds more is paused at the source while the others keep flowing, and resumed once it is down to half
-its share. Work from every partition with messages is then there for the scheduler.
+filled first come, first served holds one partition's keys and leaves handler slots idle. Here, under key
+and partition ordering, once the look-ahead is full each assigned partition may hold (fetched and not yet
+handled) its share of it, ``limit / partitions``: one that holds more is paused at the source while the
+others keep flowing, and resumed once it is down to half its share, or once the look-ahead is half empty
+(the others had nothing to fetch). Work from every partition with messages is then there for the scheduler,
+and a partition alone with messages still uses the whole look-ahead.
 
 Adaptive: while handler slots sit idle with nothing runnable although the look-ahead is what stops fetching
 (the engine is full, or partitions are paused) because the ordering blocks what is held (few keys, a hot
@@ -48,6 +50,9 @@ class LookAhead:
         self.concurrency = settings.concurrency
         self.batch_size = settings.batch_size
         self.partition_ordering = settings.ordering == "partition"
+        # Shares matter where lanes do: unordered, any message held can run, and a partition's messages wait
+        # at most for the runs fetched before them.
+        self.fair = settings.ordering != "unordered"
         self.limit = settings.lookahead  # messages held at most now: buffered and in flight
         self.step = self._step()  # the fewest messages worth a fetch: a batch, or less under a small limit
         self.max_messages = settings.cap
@@ -68,9 +73,13 @@ class LookAhead:
         return min(self.limit - held, self.window - self.tracker.window())
 
     def fetched(self, messages: list[Message]) -> None:
-        """After a batch is tracked: note its sizes, and pause the partitions now over their share."""
+        """After a batch is tracked: note its sizes and, once the look-ahead is full, pause the partitions
+        over their share (while there is room, one partition may use the others' share: they have none to
+        fetch)."""
         self._note_sizes(messages)
         self._may_grow = True
+        if not self.fair or len(self.scheduler) + self.stats.in_flight < self.limit - self.step:
+            return
         share = self._share = self._share_now()
         pending = self.tracker.pending
         paused = self.paused
@@ -82,7 +91,8 @@ class LookAhead:
 
     def check(self) -> None:
         """After messages are handled (while something is paused or the fetcher waits) and after an empty
-        fetch: resume partitions down to half their share, and grow the look-ahead if handler slots starve.
+        fetch: resume partitions down to half their share (all of them once the look-ahead is half empty:
+        the others had nothing to take their place), and grow the look-ahead if handler slots starve.
         Looks once every few messages handled, not after each."""
         handled = self.stats.handled
         if handled < self._next_look:
@@ -93,8 +103,10 @@ class LookAhead:
         if self.paused:
             half = self._share // 2
             pending = self.tracker.pending
-            # A partition that left is no longer tracked (0 pending): the source ignores its resume.
-            down = [key for key in self.paused if pending(*key) <= half]
+            if len(self.scheduler) + self.stats.in_flight <= self.limit // 2:
+                down = list(self.paused)
+            else:  # a partition that left has 0 pending: the source ignores its resume
+                down = [key for key in self.paused if pending(*key) <= half]
             if down:
                 self.paused.difference_update(down)
                 self.stats.paused = len(self.paused)
