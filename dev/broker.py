@@ -667,6 +667,14 @@ class LocalBroker:
             "transaction.state.log.min.isr": 1,
             "share.coordinator.state.topic.replication.factor": 1,
             "share.coordinator.state.topic.min.isr": 1,
+            # Share groups (KIP-932) are on by default since Kafka 4.2 (the share.version feature, the
+            # "share" protocol). These let a group config shorten a record's lock to a second (the SIGKILL
+            # test; the broker's floor is 15 s) and a member join within a second (heartbeats every 0.5 s
+            # instead of 5 s, assignments every 0.1 s).
+            "group.share.min.record.lock.duration.ms": 1000,
+            "group.share.min.heartbeat.interval.ms": 500,
+            "group.share.heartbeat.interval.ms": 500,
+            "group.share.assignment.interval.ms": 100,
         }
         props.update(self.overrides)
         return {k: _prop_value(v) for k, v in props.items()}

@@ -20,7 +20,7 @@ from fastconsumer.cli.demo import make_handler
 from fastconsumer.engine import BatchHandler, Consumer, Handler, Settings
 from fastconsumer.errors import ConfigError
 from fastconsumer.policy import DeadLetter
-from fastconsumer.sources import KafkaSource, MemoryLog, MemorySource, Source
+from fastconsumer.sources import KafkaShareSource, KafkaSource, MemoryLog, MemorySource, Source
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,10 @@ def check(args: argparse.Namespace) -> Plan:
     if args.exit_at_end and not args.bootstrap_servers and args.count is None:
         raise ConfigError("--exit-at-end on the endless memory source never ends: add --count N")
     check_source(args)
+    ordering = check_share_group(args)
     settings = Settings(
         concurrency=args.concurrency,
-        ordering=args.ordering,
+        ordering=ordering,
         batch_size=args.batch_size,
         max_buffered=args.max_buffered,
         max_buffered_bytes=round(args.max_buffered_mb * 1024 * 1024),
@@ -122,13 +123,47 @@ def check_source(args: argparse.Namespace) -> None:
         raise ConfigError(f"--keys must be >= 0, got {args.keys}")
 
 
+def check_share_group(args: argparse.Namespace) -> str:
+    """The ordering; what a share group refuses (it keeps no order and has no end), and ``release``
+    without one."""
+    if not args.share_group:
+        if args.on_error == "release":
+            raise ConfigError(
+                "--on-error release needs --share-group (it hands records back to a share group)"
+            )
+        return str(args.ordering or "key")
+    if args.group is not None:
+        raise ConfigError(
+            "--share-group and --group: a member is in a share group or a consumer group, not both"
+        )
+    if not args.bootstrap_servers:
+        raise ConfigError("--share-group needs --bootstrap-servers")
+    if args.ordering not in (None, "unordered"):
+        raise ConfigError(
+            f"--ordering {args.ordering}: a share group keeps no order (other members handle the records "
+            "around each one); leave it out or pass --ordering unordered"
+        )
+    if args.exit_at_end:
+        raise ConfigError("--exit-at-end: a share group has no end to read to (records keep coming back)")
+    return "unordered"
+
+
 def source(args: argparse.Namespace) -> Source:
     """The source of checked flags."""
+    if args.bootstrap_servers and args.share_group:
+        return KafkaShareSource(
+            args.bootstrap_servers,
+            args.topic,
+            args.share_group,
+            config=dict(args.config),
+            consumers=args.share_consumers,
+            from_beginning=args.from_beginning,
+        )
     if args.bootstrap_servers:
         return KafkaSource(
             args.bootstrap_servers,
             args.topic,
-            args.group,
+            args.group or "fastconsumer",
             config=dict(args.config),
             from_beginning=args.from_beginning,
         )

@@ -129,8 +129,9 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ordering",
         choices=("key", "partition", "unordered"),
-        default="key",
-        help="key: one at a time per key (default); partition: per partition; unordered: no order",
+        default=None,
+        help="key: one at a time per key (default); partition: per partition; unordered: no order (the "
+        "default and only choice with --share-group)",
     )
     parser.add_argument(
         "--handler",
@@ -177,9 +178,10 @@ def _add_failure_flags(group: argparse._ArgumentGroup) -> None:
     )
     group.add_argument(
         "--on-error",
-        choices=("stop", "dlq", "skip"),
+        choices=("stop", "dlq", "skip", "release"),
         default="stop",
-        help="after the last retry: stop (commit below it, exit 1), dlq (write it to --dlq-topic), skip",
+        help="after the last retry: stop (commit below it, exit 1), dlq (write it to --dlq-topic), skip, "
+        "release (--share-group: the broker delivers it again, up to the group's delivery count limit)",
     )
     group.add_argument("--dlq-topic", help="dead-letter topic for --on-error dlq")
     group.add_argument(
@@ -229,7 +231,18 @@ def _add_operations_flags(group: argparse._ArgumentGroup) -> None:
 def _add_kafka_flags(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--bootstrap-servers", metavar="HOST:PORT[,...]", help="Kafka brokers to consume from")
     group.add_argument("--topic", action=ReplaceAppend, default=[], help="topic to consume (repeatable)")
-    group.add_argument("--group", default="fastconsumer", help="consumer group (fastconsumer)")
+    group.add_argument("--group", default=None, help="consumer group (fastconsumer)")
+    group.add_argument(
+        "--share-group",
+        metavar="NAME",
+        help="consume as a member of this share group (KIP-932, Kafka 4.2+) instead of a consumer group",
+    )
+    group.add_argument(
+        "--share-consumers",
+        type=positive_int,
+        default=4,
+        help="share consumers per process with --share-group, each with a polled batch in flight (4)",
+    )
     group.add_argument(
         "-X",
         dest="config",

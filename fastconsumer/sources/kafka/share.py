@@ -168,11 +168,11 @@ class KafkaShareSource(Source):
 
     def _prepare_group(self) -> int:
         """Check the broker and the topics, apply ``from_beginning``, and read the group's lock duration."""
-        admin_config = {
+        admin_config: dict[str, Any] = {
             k: v for k, v in self.config.items() if k == "bootstrap.servers" or k.startswith(ADMIN_PREFIXES)
         }
         try:
-            admin = AdminClient({**admin_config, "logger": librdkafka_log})
+            admin = AdminClient(admin_config, logger=librdkafka_log)
         except (KafkaException, ValueError, TypeError) as exc:
             raise ConfigError(f"invalid Kafka property: {reason(exc)}") from None
         try:
