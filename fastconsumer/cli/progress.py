@@ -71,6 +71,8 @@ def format_summary(summary: Summary) -> str:
         f"({s.rate:,.0f}/s), {s.failed:,} failed{abandoned}",
         f"committed: {committed}",
     ]
+    if s.acknowledged is not None:  # a share group acknowledges records instead of committing offsets
+        lines[-1] = "acknowledged: " + ", ".join(f"{n:,} {name}" for name, n in s.acknowledged.items())
     if s.error:
         lines.append(f"error: {s.error}")
     return "\n".join(lines)

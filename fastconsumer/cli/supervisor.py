@@ -55,6 +55,7 @@ COUNTERS = (
     "retried",
     "skipped",
     "dead_lettered",
+    "released",
     "abandoned",
     "commit_failures",
 )
@@ -232,6 +233,15 @@ def merge(summaries: list[dict[str, Any]], processes: int) -> dict[str, Any]:
     merged["committed"] = [
         {"topic": t, "partition": p, "offset": o} for (t, p), o in sorted(committed.items())
     ]
+    acks = [s["acknowledged"] for s in summaries if s.get("acknowledged")]  # share groups
+    merged["acknowledged"] = (
+        {
+            name: (max if name.startswith("max_") else sum)(int(a.get(name) or 0) for a in acks)
+            for name in dict.fromkeys(name for a in acks for name in a)
+        }
+        if acks
+        else None
+    )
     elapsed = max((float(s.get("elapsed_s") or 0.0) for s in summaries), default=0.0)
     merged["elapsed_s"] = elapsed
     merged["rate"] = round(merged["handled"] / elapsed, 1) if elapsed > 0 else 0.0

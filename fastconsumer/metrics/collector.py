@@ -47,6 +47,11 @@ class ConsumerCollector:
                 c.stats.dead_lettered,
                 "Failed messages written to the dead-letter topic.",
             ),
+            (
+                "messages_released",
+                c.stats.released,
+                "Failed messages given back to the share group by --on-error release.",
+            ),
             ("messages_abandoned", c.stats.abandoned, "Messages whose handler a stop abandoned."),
             ("commit_failures", c.stats.commit_failures, "Commits that failed (they are sent again)."),
         ):
@@ -74,6 +79,19 @@ class ConsumerCollector:
 
     def _source(self) -> Iterator[Metric]:
         source = self.consumer.source
+        for name, value in dict(source.stats.acks).items():  # a share group's acknowledgements
+            if name.startswith("max_"):
+                yield GaugeMetricFamily(
+                    f"fastconsumer_share_{name}", "Highest delivery count of a record seen.", value=value
+                )
+            else:
+                yield CounterMetricFamily(
+                    f"fastconsumer_share_records_{name}",
+                    f"Share-group records {name.replace('_', ' ')} (accepted, released, rejected: as "
+                    "acknowledged; redelivered: delivered more than once; late: outcomes after a deadline "
+                    "release).",
+                    value=value,
+                )
         yield CounterMetricFamily(
             "fastconsumer_commits", "Offset commits the source acknowledged.", value=source.stats.commits
         )

@@ -221,6 +221,9 @@ class KafkaShareSource(Source):
                     await asyncio.wait_for(arrived.wait(), self.poll_timeout)
                 except asyncio.TimeoutError:
                     return []
+                except asyncio.CancelledError:  # the engine stops fetching: so do the members
+                    self._target = 0
+                    raise
                 self._check_members()
         out: list[Message] = []
         with self._lock:
