@@ -324,6 +324,7 @@ def read_periods(member: Member) -> tuple[list[Period], list[str]]:
     partition it did not own, keys out of offset order within a period."""
     periods: list[Period] = []
     open_: dict[int, Period] = {}
+    fenced: dict[int, Period] = {}  # lost: calls that started before may still finish (a zombie's)
     problems: list[str] = []
     text = member.journal.read_text() if member.journal.exists() else ""
     lines = text.split("\n")
@@ -342,13 +343,18 @@ def read_periods(member: Member) -> tuple[list[Period], list[str]]:
                         problems.append(f"{member.name}: partition {p} assigned twice")
                     open_[p] = Period(member, p, at)
                     periods.append(open_[p])
+                    fenced.pop(p, None)
                 elif p in open_:
                     period = open_.pop(p)
+                    if kind == "l":
+                        fenced[p] = period
                     leaving = member.ended in ("leave", "final") and at >= member.signalled
                     period.end = "lost" if kind == "l" else ("leave" if leaving else "revoke")
             continue
         p, o = int(rest[0]), int(rest[1])
         period = open_.get(p)
+        if period is None and kind == "d" and p in fenced and o in fenced[p].starts:
+            period = fenced[p]
         if period is None:
             problems.append(f"{member.name}: {'started' if kind == 's' else 'handled'} {p}@{o} unowned")
             continue
