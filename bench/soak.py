@@ -481,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="where the journals and member logs go (a temp dir)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     args = parser.parse_args(argv)
+    if args.members < 1 or args.seconds <= 0 or args.rate < 1 or args.partitions < 1 or args.keys < 1:
+        parser.error("--members, --seconds, --rate, --partitions and --keys must be positive")
     summary = run(
         seconds=args.seconds,
         members=args.members,

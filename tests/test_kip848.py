@@ -15,8 +15,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from fastconsumer.produce import produce
 from fastconsumer.sources.kafka import KafkaSource
 from fastconsumer.sources.kafka.config import (
@@ -27,7 +25,6 @@ from fastconsumer.sources.kafka.config import (
 )
 from tests.kafka_helpers import committed_offsets, end_offsets, start_cli
 
-pytestmark = pytest.mark.kafka
 PROTOCOL = ("-X", "group.protocol=consumer")
 KEYS = 100
 WAIT = 60.0  # seconds for any one condition; a rebalance under this protocol takes a heartbeat or two (5 s)
