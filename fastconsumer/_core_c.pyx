@@ -340,6 +340,20 @@ cdef class OffsetTracker:
                         break
         return out
 
+    def done(self, topic, int64_t partition):
+        """The acked offsets above the partition's safe offset, ascending: handled, yet not covered by a
+        commit of the safe offset (what a commit's metadata tells the next owner)."""
+        cdef _Window window = self._windows.get((topic, partition))
+        cdef list out = []
+        cdef Py_ssize_t k, i
+        if window is None or not window.n_acked:
+            return out
+        for k in range(window.count):
+            i = (window.head + k) & window.mask
+            if window.done[i]:
+                out.append(window.offsets[i])
+        return out
+
     def pending(self, topic, int64_t partition):
         """Offsets tracked and not yet acked."""
         cdef _Window window = self._windows.get((topic, partition))
@@ -561,22 +575,26 @@ cdef class Scheduler:
                 seen.add(lane)
                 self._release(lane)
 
-    def drop(self, topic, int64_t partition):
-        """Forget the held messages of a partition (it was revoked); return how many."""
+    def drop(self, topic, int64_t partition, int64_t start=0):
+        """Forget the held messages of a partition at or above offset ``start`` (all by default: it was
+        revoked; a revoke filling its gaps keeps those below); return how many."""
         cdef Py_ssize_t dropped = 0
         cdef list kept = []
         cdef object lane, queue
-        # The twin's drop() is this code, line for line.
+        # The twin's drop() is this code, line for line. A lane's messages come in offset order: those kept
+        # are the lane's first ones, so what stays runnable stays at the head of its lane.
         for queue in self._lanes.values():  # waiting: they leave their lanes' queues
             if queue is not None and queue:
-                left = [m for m in queue if m.partition() != partition or m.topic() != topic]
+                left = [
+                    m for m in queue if m.partition() != partition or m.topic() != topic or m.offset() < start
+                ]
                 if len(left) != len(queue):
                     dropped += len(queue) - len(left)
                     self._waiting -= len(queue) - len(left)
                     queue.clear()
                     queue.extend(left)
         for msg in self._ready.drain():  # runnable: each holds its lane, which passes on as if it had run
-            if msg.partition() != partition or msg.topic() != topic:
+            if msg.partition() != partition or msg.topic() != topic or msg.offset() < start:
                 kept.append(msg)
                 continue
             dropped += 1

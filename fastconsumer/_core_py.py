@@ -301,6 +301,15 @@ class OffsetTracker:
                 out.append((topic, partition, top + 1))
         return out
 
+    def done(self, topic: str, partition: int) -> list[int]:
+        """The acked offsets above the partition's safe offset, ascending: handled, yet not covered by a
+        commit of the safe offset (what a commit's metadata tells the next owner)."""
+        window = self._windows.get((topic, _int64(partition)))
+        if window is None or not window.n_acked:
+            return []
+        done = window.done
+        return [offset for offset in window.order if done[offset]]
+
     def pending(self, topic: str, partition: int) -> int:
         """Offsets tracked and not yet acked."""
         window = self._windows.get((topic, _int64(partition)))
@@ -491,22 +500,27 @@ class Scheduler:
                 seen.add(lane)
                 self._release(lane)
 
-    def drop(self, topic: str, partition: int) -> int:
-        """Forget the held messages of a partition (it was revoked); return how many."""
+    def drop(self, topic: str, partition: int, start: int = 0) -> int:
+        """Forget the held messages of a partition at or above offset ``start`` (all by default: it was
+        revoked; a revoke filling its gaps keeps those below); return how many."""
         partition = _int64(partition)
+        start = _int64(start)
         dropped = 0
         kept = []
-        # The compiled core's drop() is this code, line for line.
+        # The compiled core's drop() is this code, line for line. A lane's messages come in offset order:
+        # those kept are the lane's first ones, so what stays runnable stays at the head of its lane.
         for queue in self._lanes.values():  # waiting: they leave their lanes' queues
             if queue:
-                left = [m for m in queue if m.partition() != partition or m.topic() != topic]
+                left = [
+                    m for m in queue if m.partition() != partition or m.topic() != topic or m.offset() < start
+                ]
                 if len(left) != len(queue):
                     dropped += len(queue) - len(left)
                     self._waiting -= len(queue) - len(left)
                     queue.clear()
                     queue.extend(left)
         for msg in self._ready.drain():  # runnable: each holds its lane, which passes on as if it had run
-            if msg.partition() != partition or msg.topic() != topic:
+            if msg.partition() != partition or msg.topic() != topic or msg.offset() < start:
                 kept.append(msg)
                 continue
             dropped += 1

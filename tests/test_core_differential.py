@@ -177,6 +177,7 @@ tracker_ops = st.lists(
         (2, st.tuples(st.just("committable"))),
         (1, st.tuples(st.just("drop"), st.sampled_from([*TOPICS, "v"]), bad_or_int)),
         (1, st.tuples(st.just("pending"), st.sampled_from(TOPICS), bad_or_int)),
+        (1, st.tuples(st.just("done"), st.sampled_from(TOPICS), bad_or_int)),
     ),
     min_size=5,
     max_size=80,
@@ -191,6 +192,7 @@ def tracker_state(run, trackers):
     run.both(lambda i: len(trackers[i]), "len(tracker)")
     for topic, partition in trackers[0].partitions():
         run.both(lambda i, t=topic, p=partition: trackers[i].pending(t, p), "pending()")
+        run.both(lambda i, t=topic, p=partition: trackers[i].done(t, p), "done()")
         run.both(lambda i, t=topic, p=partition: trackers[i].window_size(t, p), "window_size()")
     for tracker, window in zip(trackers, windows, strict=True):  # the running count is the sum it stands for
         assert window == sum(tracker.window_size(t, p) for t, p in tracker.partitions())
@@ -218,6 +220,8 @@ def tracker_step(run, fetcher, trackers, op):
         run.both(lambda i: trackers[i].drop(op[1], op[2]), f"drop{op[1:]}")
     elif name == "pending":
         run.both(lambda i: trackers[i].pending(op[1], op[2]), f"pending{op[1:]}")
+    elif name == "done":
+        run.both(lambda i: trackers[i].done(op[1], op[2]), f"done{op[1:]}")
         run.both(lambda i: trackers[i].window_size(op[1], op[2]), f"window_size{op[1:]}")
 
 
@@ -425,6 +429,8 @@ scheduler_ops = st.lists(
         ),
         (2, st.tuples(st.just("drop"), st.sampled_from([*TOPICS, "v"]), st.integers(0, 2))),
         (1, st.tuples(st.just("drop"), st.sampled_from(TOPICS), bad_or_int)),
+        (2, st.tuples(st.just("drop_from"), st.sampled_from(TOPICS), st.integers(0, 2), st.integers(0, 12))),
+        (1, st.tuples(st.just("drop_from"), st.sampled_from(TOPICS), st.integers(0, 2), bad_or_int)),
         (5, st.tuples(st.just("drive"), st.sampled_from(HANDLERS), budgets)),
         (1, st.tuples(st.just("drive_bad"), st.sampled_from(["none", "other", "object"]))),
         (3, st.tuples(st.just("resume"), st.integers(0, 10), st.sampled_from(["send", "throw", "close"]))),
@@ -486,6 +492,8 @@ class SchedulerRun:
             run.both(lambda i: s[i].done_batch(contain(op[2], messages)), f"done_batch({op[2]})")
         elif name == "drop":
             run.both(lambda i: s[i].drop(op[1], op[2]), f"drop{op[1:]}")
+        elif name == "drop_from":
+            run.both(lambda i: s[i].drop(op[1], op[2], op[3]), f"drop{op[1:]}")
         elif name == "drive":
             self.drive(op[1], op[2])
         elif name == "drive_bad":

@@ -210,6 +210,38 @@ def test_after_a_revoke_returns_nothing_of_the_partition_runs_here(impl, stuck):
     assert summary.error is None
 
 
+def test_a_revoke_handles_what_lanes_held_back_below_the_highest_handled_offset(impl):
+    """Key 0 is slow and key 2 fast in partition 0 (they alternate): at the revoke key 2 is far ahead. The
+    revoke handles key 0's messages below key 2's last handled one before it commits, so the commit covers
+    every message handled here and the next owner gets none of them again."""
+    log = MemoryLog(partitions=2, count=2000, keys=4)  # partition 0: key-0 (even offsets), key-2 (odd)
+    source = RevocableSource(log)
+    handled = []  # (partition, offset, time)
+    enough = asyncio.Event()
+
+    async def handler(msg):
+        await asyncio.sleep(0.005 if msg.key() == b"key-0" else 0.0005)
+        handled.append((msg.partition(), msg.offset(), time.monotonic()))
+        if sum(1 for p, _, _ in handled if p == 0) == 200:
+            enough.set()
+
+    async def main():
+        consumer = Consumer(source, handler, concurrency=4, shutdown_timeout=10, exit_at_end=True)
+        task = asyncio.ensure_future(consumer.run())
+        await asyncio.wait_for(enough.wait(), WAIT)
+        offsets = await source.revoke(0)
+        returned = time.monotonic()
+        await asyncio.wait_for(task, WAIT)
+        return offsets, returned
+
+    offsets, returned = asyncio.run(main())
+    done = {o for p, o, t in handled if p == 0 and t <= returned}
+    assert [(tp.partition, tp.offset) for tp in offsets] == [(0, max(done) + 1)]
+    assert done == set(range(max(done) + 1))  # every message below the commit handled, none left over
+    assert max(done) > 300  # key 2 was well ahead: there was a gap to fill
+    assert [o for p, o, t in handled if p == 0 and t > returned] == []
+
+
 # -- commits
 
 

@@ -141,6 +141,18 @@ class Dispatcher:
         """Told of the messages of revoked partitions that are left unhandled (their lanes released)."""
         self._gave_up = gave_up
 
+    def running(self, partitions: set[Partition]) -> dict[Partition, int]:
+        """The highest offset of each of ``partitions`` that a call is handling now."""
+        out: dict[Partition, int] = {}
+        for current in self._current:
+            if current is None:
+                continue
+            for m in current if isinstance(current, list) else [current]:
+                key = (m.topic(), m.partition())
+                if key in partitions and m.offset() > out.get(key, -1):
+                    out[key] = m.offset()
+        return out
+
     def cancel(self, partitions: set[Partition]) -> int:
         """Cancel the running calls that handle only messages of ``partitions``; how many. A batch that
         also holds other partitions' messages runs on: those must not be left half-done."""

@@ -73,7 +73,7 @@ class Fetcher:
             wanted = min(batch_size, room)
             messages = await source.fetch(wanted, room - wanted)
             if not messages:
-                ahead.check()  # the partitions not paused have nothing: maybe those that are may go on
+                ahead.look()  # the partitions not paused have nothing: maybe those that are may go on
                 if self.exit_at_end and source.at_end():
                     self._at_end = True
                     dispatcher.attention = True

@@ -98,6 +98,10 @@ class LookAhead:
         if handled < self._next_look:
             return
         self._next_look = handled + min(LOOK_EVERY, self._share // 8)
+        self.look()
+
+    def look(self) -> None:
+        """``check()`` now: after an empty fetch, when nothing may be handled for a while."""
         if self._starving():
             self._grow()
         if self.paused:

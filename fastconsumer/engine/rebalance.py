@@ -24,10 +24,11 @@ UNWIND = 1.0
 
 
 class Rebalance(SourceListener):
-    """A revoke stops handing out the partitions' messages and stops retrying theirs, lets their running
-    handlers finish for at most ``timeout`` and cancels what still runs then, forgets the partitions, and
-    gives the source their safe offsets to commit before they go. Once it returns, nothing of those
-    partitions runs here: what was not finished is left uncommitted for the next owner."""
+    """A revoke stops handing out the partitions' messages (but those below each one's highest handled
+    offset, which fill its gaps) and stops retrying theirs, lets their running handlers and the gap fillers
+    finish for at most ``timeout`` and cancels what still runs then, forgets the partitions, and gives the
+    source their safe offsets to commit before they go. Once it returns, nothing of those partitions runs
+    here: what was not finished is left uncommitted for the next owner."""
 
     def __init__(
         self,
@@ -58,7 +59,13 @@ class Rebalance(SourceListener):
 
     async def on_revoke(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
         keys = {(tp.topic, tp.partition) for tp in partitions}
-        queued = {key: self.scheduler.drop(*key) for key in keys}
+        # As a stop does: the messages held back below a partition's highest handled (or running) offset
+        # still run, so that its commit covers every message handled here and the next owner gets none of
+        # them again.
+        fill_to = {(t, p): f for t, p, f in self.tracker.frontiers() if (t, p) in keys}
+        for key, offset in self.dispatcher.running(keys).items():
+            fill_to[key] = max(fill_to.get(key, 0), offset + 1)
+        queued = {key: self.scheduler.drop(*key, fill_to.get(key, 0)) for key in keys}
         self.revoking.update(keys)
         self.revoked.set()
         self.revoked.clear()

@@ -38,7 +38,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from fastconsumer.errors import ConfigError
 from fastconsumer.sources.base import Partition, SourceListener, SourceStats
 from fastconsumer.sources.kafka.commands import Close, Command, Commit, CommitSync, Fetch, Pause
-from fastconsumer.sources.kafka.config import SourceError, reason
+from fastconsumer.sources.kafka.config import SourceError, incremental, reason
 from fastconsumer.sources.kafka.pauses import Pauses
 
 log = logging.getLogger("fastconsumer.kafka")
@@ -536,7 +536,7 @@ class Client:
     def _on_assign(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
         self.stats.rebalances += 1
         keys = {(tp.topic, tp.partition) for tp in partitions}
-        if "cooperative" not in str(self.config["partition.assignment.strategy"]):
+        if not incremental(self.config):
             self.assignment = keys  # eager: each assignment is the whole of it
         else:
             self.assignment |= keys

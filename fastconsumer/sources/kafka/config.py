@@ -13,6 +13,9 @@ DEFAULTS: dict[str, Any] = {
     "enable.partition.eof": True,  # tells --exit-at-end where the ends are
     # librdkafka's default backoff stalls a fast consumer whose fetch queue ran dry for 1 s at a time.
     "fetch.queue.backoff.ms": 10,
+    # A partition resumed after a pause (engine/lookahead.py) is fetched with the next fetch request, which
+    # waits for the one in flight: a long poll of idle partitions, up to 500 ms by default.
+    "fetch.wait.max.ms": 100,
 }
 
 #: Set only under the classic group protocol: with ``group.protocol=consumer`` (KIP-848) the broker assigns

@@ -82,12 +82,15 @@ class Pauses:
         return out
 
     def _park(self, key: Partition, msg: Message) -> bool:
-        """Park ``msg``; True when its partition has ``park_bytes`` parked."""
-        self.parked.setdefault(key, []).append(msg)
-        value, k = msg.value(), msg.key()
-        size = self._parked_bytes.get(key, 0) + (len(value) if value else 0) + (len(k) if k else 0)
-        self._parked_bytes[key] = size
-        return size >= self.park_bytes
+        """Park ``msg``; True when its partition has about ``park_bytes`` parked (its count times the size of
+        its first parked message: no per-message sizes on this thread, which holds the GIL meanwhile)."""
+        parked = self.parked.get(key)
+        if parked is None:
+            parked = self.parked[key] = []
+            value, k = msg.value(), msg.key()
+            self._parked_bytes[key] = max(1, (len(value) if value else 0) + (len(k) if k else 0))
+        parked.append(msg)
+        return len(parked) * self._parked_bytes[key] >= self.park_bytes
 
     def apply(self, consumer: KafkaConsumer, assignment: set[Partition], everything: bool) -> None:
         """Pause in librdkafka what should be (all of ``assignment`` when ``everything``), resume the rest."""
