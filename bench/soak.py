@@ -270,7 +270,11 @@ def run(
         if not soak.live():
             soak.start_member()
         ends = end_offsets(bootstrap, topic)
-        caught_up = wait_until(lambda: committed_offsets(bootstrap, soak.group, topic) == ends, 120.0)
+
+        def caught_up_now() -> bool:
+            return committed_offsets(bootstrap, soak.group, topic) == end_offsets(bootstrap, topic)
+
+        caught_up = wait_until(caught_up_now, 120.0)
         soak.note("caught up" if caught_up else "not caught up")
         wait_until(lambda: all(m.ready() for m in soak.live()), 60.0)
         for member in soak.live():
@@ -283,7 +287,9 @@ def run(
                 member.proc.wait()
         elapsed = time.monotonic() - soak.t0
         committed = committed_offsets(bootstrap, soak.group, topic)
-        summary = check(soak, ends, committed)
+        final_ends = end_offsets(bootstrap, topic)
+        summary = check(soak, final_ends, committed)
+        summary["ends_when_the_producer_stopped"] = ends
         summary.update(
             seed=seed,
             protocol=protocol,
@@ -459,6 +465,11 @@ def table(summary: dict[str, Any]) -> str:
         ("lost", f"{summary['lost']} {summary['lost_examples'] or ''}"),
         ("order violations", f"{summary['order_violations']} {summary['order_examples'] or ''}"),
         ("committed == end", f"{summary['committed_equals_end']} (caught up: {summary['caught_up']})"),
+        *(
+            [("  committed", str(summary["committed"])), ("  ends", str(summary["ends"]))]
+            if not summary["committed_equals_end"]
+            else []
+        ),
         ("bad exits", ", ".join(summary["bad_exits"]) or "none"),
         ("deliveries", f"{summary['deliveries']} (handled {summary['handled']})"),
         ("duplicates", f"{summary['duplicates']} (handled twice: {summary['handled_twice']})"),
