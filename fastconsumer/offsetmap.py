@@ -50,6 +50,7 @@ from collections.abc import Iterable
 
 __all__ = [
     "BITMAP",
+    "DEFAULT_LIMIT",
     "PREFIX",
     "RUN_LENGTH",
     "VERSION",
