@@ -93,6 +93,9 @@ class Noting(SourceListener):
     def on_lost(self, partitions):
         self.listener.on_lost(partitions)
 
+    def on_assign(self, committed):
+        self.listener.on_assign(committed)
+
     async def on_revoke(self, partitions):
         start = time.monotonic()
         consumer = self.member.consumer

@@ -112,6 +112,9 @@ class Recorder(SourceListener):
     def on_lost(self, partitions):
         pass
 
+    def on_assign(self, committed):
+        pass
+
 
 async def _assigned(source: KafkaSource, partitions: int) -> None:
     deadline = time.monotonic() + WAIT

@@ -23,10 +23,14 @@ class Listener(SourceListener):
     def __init__(self) -> None:
         self.commits: list[tuple[list[TopicPartition], KafkaException | None]] = []
         self.committed = asyncio.Event()
+        self.assigned: list[list[TopicPartition]] = []
 
     def on_commit(self, offsets, error):
         self.commits.append((offsets, error))
         self.committed.set()
+
+    def on_assign(self, committed):
+        self.assigned.append(committed)
 
     async def on_revoke(self, partitions):
         return []

@@ -3,6 +3,12 @@
 Only the tracker's safe offsets are committed, so no commit passes a message that was not handled. A
 partition's committed offset never goes backwards: a failed commit is sent again only while nothing newer
 succeeded, and the ``committed`` the stats report moves only on a successful result, and only forward.
+
+Each commit carries, in its metadata, the offsets above the committed one that are handled already
+(``fastconsumer/offsetmap.py``), so that a member that gets the partition next (after a crash, or a revoke
+that ran out of time) skips them; a partition whose handled offsets grow while its committed offset is
+held back by a slow message is committed again for them. Metadata that would not fit the broker's
+``offset.metadata.max.bytes`` is left out (and counted).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from confluent_kafka import KafkaException, TopicPartition
 
+from fastconsumer import offsetmap
 from fastconsumer.engine.stats import Partition, Stats
 from fastconsumer.sources.base import Source
 
@@ -32,6 +39,7 @@ class Committer:
         self.stats = stats
         self.interval = interval
         self._resend: dict[Partition, int] = {}  # offsets whose asynchronous commit failed
+        self._noted: dict[Partition, tuple[int, int]] = {}  # (offset, handled above it) as last committed
 
     async def loop(self) -> None:
         while True:
@@ -39,18 +47,43 @@ class Committer:
             self.commit()
 
     def commit(self) -> None:
-        """Ask the source to commit every partition whose safe offset moved, and what failed before."""
+        """Ask the source to commit every partition whose safe offset moved or that handled more above
+        it, and what failed before."""
         offsets = {(t, p): o for t, p, o in self.tracker.committable()}
+        gaps = self.tracker.frontiers()  # partitions with handled offsets above the safe one
+        if gaps:
+            safe = {(t, p): o for t, p, o in self.tracker.positions()}
+            for t, p, _ in gaps:
+                offsets.setdefault((t, p), safe[(t, p)])
         if self._resend:  # failed commits are sent again, unless the tracker has a newer offset
             owned = set(self.tracker.partitions())
             for key, offset in self._resend.items():
                 if key in owned:
                     offsets.setdefault(key, offset)
             self._resend.clear()
-        committed = self.stats.committed
-        ahead = [TopicPartition(t, p, o) for (t, p), o in offsets.items() if o > committed.get((t, p), -1)]
+        ahead = self.with_metadata(offsets.items())
         if ahead:
             self.source.commit(ahead)
+
+    def with_metadata(self, offsets: Iterable[tuple[Partition, int]]) -> list[TopicPartition]:
+        """The offsets to commit, each with the handled offsets above it as metadata; those neither ahead of
+        the committed offset nor with more handled above it than last time are left out."""
+        committed = self.stats.committed
+        noted = self._noted
+        out = []
+        for (t, p), o in offsets:
+            done = self.tracker.done(t, p)
+            if o < committed.get((t, p), -1) or (
+                o == committed.get((t, p), -1) and noted.get((t, p), (o, 0)) >= (o, len(done))
+            ):
+                continue
+            metadata = offsetmap.encode(o, done) if done else ""
+            if metadata is None:
+                self.stats.metadata_dropped += 1
+                metadata = ""
+            noted[(t, p)] = (o, len(done))
+            out.append(TopicPartition(t, p, o, metadata=metadata))
+        return out
 
     def on_commit(self, offsets: list[TopicPartition], error: KafkaException | None) -> None:
         """A commit's result; librdkafka may fail some partitions of a commit that succeeded as a whole."""
@@ -73,8 +106,7 @@ class Committer:
 
     async def commit_sync(self, positions: Iterable[Position], attempts: int = 5) -> None:
         """Commit and wait; a broker that is restarting gets a few tries with backoff before this fails."""
-        committed = self.stats.committed
-        pending = [TopicPartition(t, p, o) for t, p, o in positions if o > committed.get((t, p), -1)]
+        pending = self.with_metadata(((t, p), o) for t, p, o in positions)
         if not pending:
             return
         for attempt in range(1, attempts + 1):
@@ -93,11 +125,13 @@ class Committer:
         """Revoked partitions: no failed commit of theirs is sent again (the revoke's commit is newer)."""
         for key in partitions:
             self._resend.pop(key, None)
+            self._noted.pop(key, None)
 
     def reset(self, partitions: Iterable[Partition]) -> None:
         """Lost partitions, and ones whose offsets restarted lower: what was committed is not known."""
         for key in partitions:
             self._resend.pop(key, None)
+            self._noted.pop(key, None)
             self.stats.committed.pop(key, None)
 
     def _committed(self, offsets: Iterable[TopicPartition]) -> None:

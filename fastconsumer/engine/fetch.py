@@ -14,6 +14,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from confluent_kafka import Message
+
 from fastconsumer.engine.dispatch import RUNNING, Dispatcher
 from fastconsumer.engine.lookahead import LookAhead
 from fastconsumer.engine.settings import Settings
@@ -51,6 +53,8 @@ class Fetcher:
         self._space = asyncio.Event()
         self._space_wanted = False
         self._at_end = False  # every partition read to its end (with exit_at_end)
+        # Per partition, offsets a previous owner handled (its commit's metadata says): skipped when fetched
+        self._skips: dict[Partition, set[int]] = {}
         dispatcher.watch(self._watch)
 
     async def loop(self) -> None:
@@ -83,12 +87,42 @@ class Fetcher:
             restarts = tracker.track_messages(messages)
             if restarts:
                 self._restart(restarts)
+            if self._skips:
+                messages = self._skip_done(messages)
+                if not messages:
+                    continue
             scheduler.extend(messages)
             stats.consumed += len(messages)
             ahead.fetched(messages)
             if ahead.paused:
                 dispatcher.attention = True
             dispatcher.wake(scheduler.ready())
+
+    def skip(self, key: Partition, offsets: frozenset[int]) -> None:
+        """When fetched, count the messages of partition ``key`` at ``offsets`` as handled (a previous owner
+        handled them: its commit's metadata says so); no offsets: forget the partition's."""
+        if offsets:
+            self._skips[key] = set(offsets)
+        else:
+            self._skips.pop(key, None)
+
+    def _skip_done(self, messages: list[Message]) -> list[Message]:
+        """Of tracked ``messages``, those to handle; the others are acked at once, as handled."""
+        skips = self._skips
+        tracker = self.tracker
+        out = []
+        for msg in messages:
+            key: Partition = (msg.topic(), msg.partition())  # type: ignore[assignment]
+            offsets = skips.get(key)
+            if offsets is not None and msg.offset() in offsets:
+                offsets.discard(msg.offset())
+                if not offsets:
+                    del skips[key]
+                tracker.ack_message(msg)
+                self.stats.already_done += 1
+            else:
+                out.append(msg)
+        return out
 
     def _restart(self, restarts: list[tuple[str, int, int, int]]) -> None:
         for topic, partition, last, offset in restarts:
@@ -102,7 +136,10 @@ class Fetcher:
             )
         # What was fetched before still runs: below the new window its acks count for nothing; above, an
         # offset the source delivers again is the same message (a seek back), and is handled either way.
-        self.restarted([(t, p) for t, p, _, _ in restarts])
+        keys = [(t, p) for t, p, _, _ in restarts]
+        for key in keys:  # what the metadata said was of offsets that are gone
+            self._skips.pop(key, None)
+        self.restarted(keys)
 
     def _watch(self) -> bool:
         ahead = self.ahead

@@ -95,6 +95,7 @@ class Run:
             settings.shutdown_timeout,
             revoking,
             revoked,
+            self.fetcher.skip,
         )
         self.dispatcher.watch(self._watch_limit)
 

@@ -122,6 +122,8 @@ class LookAhead:
         return max(self.step, self.limit // max(1, len(self.source.assignment())))
 
     def _note_sizes(self, messages: list[Message]) -> None:
+        if not messages:
+            return
         step = max(1, len(messages) // SAMPLE)
         sample = messages[::step]
         size = 0

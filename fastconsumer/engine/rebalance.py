@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from confluent_kafka import KafkaException, Message, TopicPartition
 
+from fastconsumer import offsetmap
 from fastconsumer.engine.commits import Committer
 from fastconsumer.engine.dispatch import CLOSING, Dispatcher
 from fastconsumer.engine.stats import Partition, Stats
@@ -40,6 +42,7 @@ class Rebalance(SourceListener):
         timeout: float,
         revoking: set[Partition],
         revoked: asyncio.Event,
+        skip: Callable[[Partition, frozenset[int]], None],
     ) -> None:
         self.scheduler = scheduler
         self.tracker = tracker
@@ -49,6 +52,7 @@ class Rebalance(SourceListener):
         self.timeout = timeout
         self.revoking = revoking  # shared with Recovery, which neither retries nor settles their messages
         self.revoked = revoked  # wakes retry backoffs when a revoke begins
+        self.skip = skip  # offsets of a partition to skip when fetched: handled by a previous owner
         self._gave_up: collections.Counter[Partition] = collections.Counter()
         self._handled = asyncio.Event()  # set after messages are handled while a revoke waits
         dispatcher.watch(self._watch)
@@ -56,6 +60,34 @@ class Rebalance(SourceListener):
 
     def on_commit(self, offsets: list[TopicPartition], error: KafkaException | None) -> None:
         self.committer.on_commit(offsets, error)
+
+    def on_assign(self, committed: list[TopicPartition]) -> None:
+        """Read what the last owners' commits say they handled above the committed offset: those are
+        skipped when fetched (``fetch.py``). Foreign or corrupt metadata is ignored, with a warning."""
+        for tp in committed:
+            if tp.offset < 0 or not tp.metadata:
+                continue
+            try:
+                done = offsetmap.decode(tp.offset, tp.metadata)
+            except offsetmap.OffsetMapError as exc:
+                log.warning(
+                    "%s[%d]: the committed offset's metadata is not fastconsumer's (%s): ignored; messages "
+                    "handled above offset %d may be handled again",
+                    tp.topic,
+                    tp.partition,
+                    exc,
+                    tp.offset,
+                )
+                continue
+            if done:
+                log.info(
+                    "%s[%d]: %d messages above the committed offset %d were handled already: skipping them",
+                    tp.topic,
+                    tp.partition,
+                    len(done),
+                    tp.offset,
+                )
+                self.skip((tp.topic, tp.partition), done)
 
     async def on_revoke(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
         keys = {(tp.topic, tp.partition) for tp in partitions}
@@ -85,14 +117,12 @@ class Rebalance(SourceListener):
             self.revoking.difference_update(keys)
             for key in keys:
                 self._gave_up.pop(key, None)
-        committed = self.stats.committed
-        offsets = [
-            TopicPartition(t, p, o)
-            for t, p, o in self.tracker.positions()
-            if (t, p) in keys and o > committed.get((t, p), -1)
-        ]
+        offsets = self.committer.with_metadata(
+            ((t, p), o) for t, p, o in self.tracker.positions() if (t, p) in keys
+        )
         for key in keys:
             self.tracker.drop(*key)
+            self.skip(key, frozenset())
         self.committer.forget(keys)
         return offsets  # the source commits them and reports the result to on_commit
 
@@ -101,6 +131,7 @@ class Rebalance(SourceListener):
         for key in keys:
             self.scheduler.drop(*key)
             self.tracker.drop(*key)
+            self.skip(key, frozenset())
         self.committer.reset(keys)
 
     async def _until_handled(self, queued: dict[Partition, int], timeout: float) -> bool:

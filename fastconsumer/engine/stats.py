@@ -27,6 +27,8 @@ class Stats:
     lookahead: int = 0  # messages the engine may hold now, buffered and in flight (engine/lookahead.py)
     paused: int = 0  # partitions paused for holding their share of the look-ahead
     commit_failures: int = 0
+    metadata_dropped: int = 0  # commits whose handled-offsets metadata did not fit offset.metadata.max.bytes
+    already_done: int = 0  # fetched messages skipped: a commit's metadata said they were handled
     #: The offset each partition's group offset was last committed at, from successful commits only.
     committed: dict[Partition, int] = field(default_factory=dict)
     #: Handler call durations (per batch for batch handlers); None unless asked for before the run starts.

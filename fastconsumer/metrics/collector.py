@@ -54,6 +54,16 @@ class ConsumerCollector:
             ),
             ("messages_abandoned", c.stats.abandoned, "Messages whose handler a stop abandoned."),
             ("commit_failures", c.stats.commit_failures, "Commits that failed (they are sent again)."),
+            (
+                "commit_metadata_dropped",
+                c.stats.metadata_dropped,
+                "Commits sent without their handled-offsets metadata: it did not fit.",
+            ),
+            (
+                "messages_already_done",
+                c.stats.already_done,
+                "Messages skipped: the committed metadata said a previous owner handled them.",
+            ),
         ):
             yield CounterMetricFamily(f"fastconsumer_{name}", text, value=value)
         yield GaugeMetricFamily(

@@ -27,6 +27,11 @@ class SourceListener(abc.ABC):
         committed; ``error`` fails them all, a partition's ``TopicPartition.error`` that one alone."""
 
     @abc.abstractmethod
+    def on_assign(self, committed: list[TopicPartition]) -> None:
+        """Partitions were assigned, each with the group's committed offset and that commit's metadata
+        (``offset`` < 0 where none is known); before any of their messages is fetched."""
+
+    @abc.abstractmethod
     async def on_revoke(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
         """Partitions are leaving: let their running handlers finish, forget them, and return the offsets
         the source must commit for them (then report to ``on_commit``) before it lets them go."""

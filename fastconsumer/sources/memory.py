@@ -54,6 +54,7 @@ class MemoryLog:
         # keys of partition p: p, p + partitions, p + 2 * partitions, ... below ``keys``
         self._keys = [[b"key-%d" % k for k in range(p, keys, partitions)] for p in range(partitions)]
         self._committed: dict[str, dict[int, int]] = {}
+        self._metadata: dict[str, dict[int, str]] = {}
 
     def end_offset(self, partition: int) -> int | None:
         """One past the last offset of a partition, None when endless."""
@@ -105,12 +106,18 @@ class MemoryLog:
         """The group's committed offset per partition (partitions never committed are absent)."""
         return dict(self._committed.get(group, {}))
 
+    def committed_metadata(self, group: str) -> dict[int, str]:
+        """The metadata of the group's last commit per partition, where it had some."""
+        return {p: m for p, m in self._metadata.get(group, {}).items() if m}
+
     def commit(self, group: str, offsets: list[TopicPartition]) -> None:
         committed = self._committed.setdefault(group, {})
+        metadata = self._metadata.setdefault(group, {})
         for tp in offsets:
             if tp.topic != self.topic:
                 raise ValueError(f"commit for unknown topic {tp.topic!r} (this log holds {self.topic!r})")
             committed[tp.partition] = tp.offset
+            metadata[tp.partition] = tp.metadata or ""
 
 
 class MemorySource(Source):
@@ -155,6 +162,13 @@ class MemorySource(Source):
         self._loop = asyncio.get_running_loop()
         committed = self.log.committed(self.group)
         self._positions = [committed.get(p, 0) for p in range(self.log.partitions)]
+        metadata = self.log.committed_metadata(self.group)
+        listener.on_assign(
+            [
+                TopicPartition(self.log.topic, p, committed.get(p, -1001), metadata=metadata.get(p, ""))
+                for p in range(self.log.partitions)
+            ]
+        )
 
     async def fetch(self, max_messages: int, prefetch: int = 0) -> list[Message]:
         now_ms = int(time.time() * 1000)

@@ -546,6 +546,32 @@ class Client:
             self._tail[key] = -1
         self._reassigned = True
         log.info("assigned %s", _names(partitions))
+        # What the last owners committed, metadata included: the engine skips what they handled already.
+        self._call_engine(_call(self._listener.on_assign, self._committed(consumer, partitions)))
+
+    def _committed(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """The group's committed offsets of ``partitions`` with their metadata, a coordinator that is loading
+        or moving (after a broker restart) tried again for COMMIT_RETRY_S; unknown (offset -1001) if it
+        cannot be read, which only means the engine skips nothing."""
+        deadline = time.monotonic() + COMMIT_RETRY_S
+        backoff = 0.05
+        while True:
+            try:
+                found = consumer.committed(partitions, timeout=max(0.1, deadline - time.monotonic()))
+                retry = [tp for tp in found if tp.error is not None and _retriable(tp.error)]
+                if not retry:
+                    return [tp for tp in found if tp.error is None]
+                error: KafkaError | None = retry[0].error
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if error is None or not _retriable(error):
+                    log.warning("cannot read the committed offsets of %s: %s", _names(partitions), exc)
+                    return []
+            if time.monotonic() + backoff > deadline:
+                log.warning("cannot read the committed offsets of %s: %s", _names(partitions), error)
+                return []
+            time.sleep(backoff)
+            backoff = min(2 * backoff, 0.5)
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
         """Partitions that left: none of their held messages may reach the engine any more."""
