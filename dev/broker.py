@@ -675,6 +675,12 @@ class LocalBroker:
             "group.share.min.heartbeat.interval.ms": 500,
             "group.share.heartbeat.interval.ms": 500,
             "group.share.assignment.interval.ms": 100,
+            # The consumer group protocol (KIP-848): heartbeats every 0.5 s instead of 5 s, a session of
+            # 6 s instead of 45 s, so a member joins, and a dead one is noticed, in test time.
+            "group.consumer.heartbeat.interval.ms": 500,
+            "group.consumer.min.heartbeat.interval.ms": 500,
+            "group.consumer.session.timeout.ms": 6000,
+            "group.consumer.min.session.timeout.ms": 6000,
         }
         props.update(self.overrides)
         return {k: _prop_value(v) for k, v in props.items()}
