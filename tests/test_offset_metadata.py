@@ -6,10 +6,10 @@ import logging
 import time
 
 from confluent_kafka import Consumer as KafkaConsumer
+from confluent_kafka import Producer
 from confluent_kafka import TopicPartition
 
 from fastconsumer import Consumer, MemoryLog, MemorySource, offsetmap
-from fastconsumer.produce import produce
 from fastconsumer.sources import KafkaSource
 from tests.kafka_helpers import end_offsets, retrying
 
@@ -106,7 +106,10 @@ def test_a_slow_message_does_not_hold_back_what_a_crash_redelivers(impl):
 
 
 def test_the_next_member_skips_what_the_last_one_handled_on_kafka(kafka_bootstrap, kafka_topic):
-    produce(kafka_bootstrap, kafka_topic, 2000, keys=0, partitions=4)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 20})
+    for i in range(2000):
+        producer.produce(kafka_topic, b"%d" % i, partition=i % 4)  # 500 a partition, whatever the partitioner
+    assert producer.flush(30) == 0
     ends = end_offsets(kafka_bootstrap, kafka_topic)
     group = f"metadata-{kafka_topic}"
     first_seen, second_seen = [], []
