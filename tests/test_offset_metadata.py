@@ -6,8 +6,7 @@ import logging
 import time
 
 from confluent_kafka import Consumer as KafkaConsumer
-from confluent_kafka import Producer
-from confluent_kafka import TopicPartition
+from confluent_kafka import Producer, TopicPartition
 
 from fastconsumer import Consumer, MemoryLog, MemorySource, offsetmap
 from fastconsumer.sources import KafkaSource
