@@ -55,14 +55,16 @@ def test_every_slot_works_when_enough_lanes_have_work(impl, ordering, keys, part
     assert handler.peak == expected
 
 
-def test_no_partition_waits_behind_another_partitions_run(impl):
-    """Partition 0's run is 10,000 messages; every partition's messages start among the first 4,000, not
-    after that run (each may hold a quarter of the look-ahead of 2,000 before it is paused)."""
+@pytest.mark.parametrize(("ordering", "keys"), [("partition", 1_000), ("key", 97)])
+def test_no_partition_waits_behind_another_partitions_run(impl, ordering, keys):
+    """Partition 0's run is 10,000 messages; every partition's messages start among the first 8,000, not
+    after 30,000 (each may hold a quarter of the look-ahead of 2,000 once it is full). Under key ordering
+    that holds while slots would sit idle behind one partition's keys, as here."""
     handler = Slots()
-    log = MemoryLog(partitions=4, count=40_000, keys=1_000)
+    log = MemoryLog(partitions=4, count=40_000, keys=keys)
     source = MemorySource(log, run_length=RUN)
-    run(Consumer(source, handler, concurrency=64, max_messages=6_000))
-    assert set(handler.started[:4_000]) == {0, 1, 2, 3}
+    run(Consumer(source, handler, concurrency=64, ordering=ordering, max_messages=10_000))
+    assert set(handler.started[:8_000]) == {0, 1, 2, 3}
 
 
 def test_the_look_ahead_stays_within_its_bound_in_bytes(impl):
