@@ -85,7 +85,7 @@ class Fetcher:
                 continue
             self._at_end = False
             restarts = tracker.track_messages(messages)
-            if restarts:
+            if restarts and not source.settles_messages:  # a share group redelivers lower offsets
                 self._restart(restarts)
             if self._skips:
                 messages = self._skip_done(messages)
