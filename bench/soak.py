@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import json
 import os
 import random
@@ -321,6 +322,7 @@ class Period:
     partition: int
     start: float  # when it was assigned (time.monotonic())
     end: str = ""  # what ended it: revoke, lost, leave, kill, final
+    ended_at: float = 0.0  # when a revoke or loss ended it (the member had given it up)
     starts: list[int] = field(default_factory=list)  # offsets whose handling started, in order
     done: dict[int, str] = field(default_factory=dict)  # offset -> key, of the handled ones
 
@@ -352,6 +354,7 @@ def read_periods(member: Member) -> tuple[list[Period], list[str]]:
                     fenced.pop(p, None)
                 elif p in open_:
                     period = open_.pop(p)
+                    period.ended_at = at
                     if kind == "l":
                         fenced[p] = period
                     leaving = member.ended in ("leave", "final") and at >= member.signalled
@@ -416,6 +419,17 @@ def check(soak: Soak, ends: dict[int, int], committed: dict[int, int]) -> dict[s
                     )
                 ] += 1
     twice = sum(1 for times in deliveries.values() if sum(done for _, done in times) > 1)
+    # A partition given up gracefully (a revoke, a leave) is without an owner until the next one gets it.
+    handoffs = []
+    by_partition: dict[int, list[Period]] = collections.defaultdict(list)
+    for period in periods:
+        by_partition[period.partition].append(period)
+    for owned in by_partition.values():
+        owned.sort(key=lambda x: x.start)
+        for before, after in itertools.pairwise(owned):
+            if before.end in ("revoke", "leave") and before.ended_at and after.start >= before.ended_at:
+                handoffs.append(1000 * (after.start - before.ended_at))
+    handoffs.sort()
     bad_exits = [
         f"{m.name} exited {m.proc.returncode}"
         for m in soak.members
@@ -443,6 +457,9 @@ def check(soak: Soak, ends: dict[int, int], committed: dict[int, int]) -> dict[s
         "handled_twice": twice,
         "duplicates_by_cause": dict(causes),
         "ownership_periods": len(periods),
+        "handoffs": len(handoffs),
+        "handoff_ms_median": round(handoffs[len(handoffs) // 2]) if handoffs else None,
+        "handoff_ms_max": round(handoffs[-1]) if handoffs else None,
     }
     summary["ok"] = not lost and order_ok and committed == ends and not bad_exits
     return summary
@@ -462,6 +479,11 @@ def table(summary: dict[str, Any]) -> str:
             f"restarts ({summary['broker_restart_s']} s)",
         ),
         ("ownership periods", str(summary["ownership_periods"])),
+        (
+            "partitions without an owner",
+            f"{summary['handoffs']} graceful handoffs: median {summary['handoff_ms_median']} ms, max "
+            f"{summary['handoff_ms_max']} ms (from its revoke to the next owner's assignment)",
+        ),
         ("lost", f"{summary['lost']} {summary['lost_examples'] or ''}"),
         ("order violations", f"{summary['order_violations']} {summary['order_examples'] or ''}"),
         ("committed == end", f"{summary['committed_equals_end']} (caught up: {summary['caught_up']})"),
