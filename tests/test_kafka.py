@@ -128,6 +128,9 @@ def test_sigkill_mid_stream_then_restart_handles_every_message(kafka_bootstrap, 
         "0.2",
         "--handler",
         "tests.cli_handlers:record",
+        # the next member's join waits for this one's session to expire: 6 s, not librdkafka's 45 s
+        "-X",
+        "session.timeout.ms=6000",
         record=record,
     )
     for line in proc.stderr:
