@@ -1,4 +1,5 @@
 # The compiled core's interface: the ring buffer, the offset tracker and the ordering scheduler.
+from cpython.ref cimport PyObject
 from libc.stdint cimport int64_t, uint8_t
 
 
@@ -47,17 +48,29 @@ cdef class OffsetTracker:
     cpdef list committable(self)
 
 
+cdef struct _Lane:
+    Py_hash_t lane
+    PyObject *waiting  # a deque of the messages waiting behind the one handed out; NULL: none yet
+    bint used
+
+
 cdef class Scheduler:
     cdef int _ordering
     cdef Py_ssize_t _capacity
     cdef RingBuffer _ready
-    cdef dict _lanes
+    cdef _Lane *_table  # the lanes held, a power of two of slots
+    cdef Py_ssize_t _mask
+    cdef Py_ssize_t _held  # slots used
     cdef Py_ssize_t _waiting
     cdef OffsetTracker _tracker
 
-    cdef object _lane_of(self, object msg)
-    cdef object _lane(self, object topic, object partition, object key)
-    cdef _release(self, object lane)
+    cdef Py_ssize_t _slot(self, Py_hash_t lane)
+    cdef int _hold(self, Py_hash_t lane) except -1
+    cdef int _grow(self) except -1
+    cdef void _free(self, Py_ssize_t i)
+    cdef Py_hash_t _lane_of(self, object msg) except -1
+    cdef Py_hash_t _lane(self, object topic, object partition, object key) except -1
+    cdef int _release(self, Py_hash_t lane) except -1
     cpdef bint push(self, object msg) except -1
     cpdef Py_ssize_t extend(self, list messages, Py_ssize_t start=*) except -1
     cpdef object pop(self)

@@ -10,10 +10,10 @@ from collections import deque
 from types import GenericAlias
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject_Hash, PyTypeObject, Py_TYPE
-from cpython.ref cimport PyObject, Py_XDECREF
+from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from libc.stdint cimport INT64_MAX, int32_t, uint64_t
+from libc.string cimport memset
 
 __all__ = ("ORDERINGS", "OffsetTracker", "Resume", "RingBuffer", "Scheduler", "drive")
 
@@ -502,11 +502,11 @@ cdef inline uint64_t _xx_round(uint64_t acc, Py_hash_t item):
     return acc * XXPRIME_1
 
 
-cdef inline object _lane_hash(object topic, object partition, object key):
+cdef inline Py_hash_t _lane_hash(object topic, object partition, object key) except -1:
     return _lane_hashed(topic, PyObject_Hash(partition), key)
 
 
-cdef inline object _lane_hashed(object topic, Py_hash_t partition_hash, object key):
+cdef inline Py_hash_t _lane_hashed(object topic, Py_hash_t partition_hash, object key) except -1:
     cdef Py_hash_t h = PyObject_Hash(topic)
     cdef uint64_t acc = _xx_round(XXPRIME_5, h)
     acc = _xx_round(acc, partition_hash)
@@ -521,6 +521,10 @@ cdef inline object _lane_hashed(object topic, Py_hash_t partition_hash, object k
     return <Py_hash_t> acc
 
 
+cdef enum:
+    _MIN_LANES = 64  # slots of a scheduler's lane table at first; it doubles past half full
+
+
 def _lane(topic, partition, key):
     """The lane of (topic, partition, key): what the twin's ``_lane`` returns (for the tests)."""
     return _lane_hash(topic, partition, key)
@@ -532,6 +536,9 @@ cdef class Scheduler:
     ``key``: one message per (partition, key) at a time, in offset order; a null key orders like its
     partition. ``partition``: one message per partition at a time. ``unordered``: anything, at once.
     Runnable messages wait in a ring buffer; messages held back by a busy lane wait in that lane.
+
+    The lanes held are a C hash table (open addressing, linear probing) keyed by the lane's hash: a
+    message's lane is looked up twice (pushed, done) and Python ints in a dict cost an allocation each.
     """
 
     def __cinit__(self, object ordering="key", Py_ssize_t capacity=10000, OffsetTracker tracker=None):
@@ -540,9 +547,82 @@ cdef class Scheduler:
         self._ordering = ORDERINGS.index(ordering)
         self._capacity = capacity
         self._ready = RingBuffer(capacity)
-        self._lanes = {}
         self._waiting = 0
+        self._table = <_Lane *> PyMem_Malloc(_MIN_LANES * sizeof(_Lane))
+        if self._table == NULL:
+            raise MemoryError()
+        memset(self._table, 0, _MIN_LANES * sizeof(_Lane))
+        self._mask = _MIN_LANES - 1
+        self._held = 0
         self._tracker = tracker  # done() acks there: one call per finished message, not two
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        if self._table != NULL:
+            for i in range(self._mask + 1):
+                Py_XDECREF(self._table[i].waiting)
+            PyMem_Free(self._table)
+
+    # -- the lanes held: lane hash -> the messages waiting behind the one handed out
+
+    cdef Py_ssize_t _slot(self, Py_hash_t lane):
+        """The slot of a lane held, or -1."""
+        cdef Py_ssize_t i = <Py_ssize_t> (<size_t> lane & <size_t> self._mask)
+        while self._table[i].used:
+            if self._table[i].lane == lane:
+                return i
+            i = (i + 1) & self._mask
+        return -1
+
+    cdef int _hold(self, Py_hash_t lane) except -1:
+        """Hold a lane not held, with nobody waiting."""
+        cdef Py_ssize_t i
+        if 2 * (self._held + 1) > self._mask + 1:
+            self._grow()
+        i = <Py_ssize_t> (<size_t> lane & <size_t> self._mask)
+        while self._table[i].used:
+            i = (i + 1) & self._mask
+        self._table[i].lane = lane
+        self._table[i].waiting = NULL
+        self._table[i].used = True
+        self._held += 1
+        return 0
+
+    cdef int _grow(self) except -1:
+        cdef Py_ssize_t size = 2 * (self._mask + 1), i, j
+        cdef _Lane *old = self._table
+        cdef _Lane *table = <_Lane *> PyMem_Malloc(size * sizeof(_Lane))
+        if table == NULL:
+            raise MemoryError()
+        memset(table, 0, size * sizeof(_Lane))
+        for i in range(self._mask + 1):
+            if old[i].used:
+                j = <Py_ssize_t> (<size_t> old[i].lane & <size_t> (size - 1))
+                while table[j].used:
+                    j = (j + 1) & (size - 1)
+                table[j] = old[i]
+        self._table = table
+        self._mask = size - 1
+        PyMem_Free(old)
+        return 0
+
+    cdef void _free(self, Py_ssize_t i):
+        """Let go of the lane in slot ``i``: later slots of its probe run move up (no tombstones)."""
+        cdef Py_ssize_t j = i, home
+        cdef PyObject *waiting = self._table[i].waiting
+        while True:
+            j = (j + 1) & self._mask
+            if not self._table[j].used:
+                break
+            home = <Py_ssize_t> (<size_t> self._table[j].lane & <size_t> self._mask)
+            if (i < home <= j) if i <= j else (i < home or home <= j):
+                continue  # its home lies after the hole: it stays
+            self._table[i] = self._table[j]
+            i = j
+        self._table[i].used = False
+        self._table[i].waiting = NULL
+        self._held -= 1
+        Py_XDECREF(waiting)  # last: a deque's last reference may run arbitrary code
 
     @property
     def ordering(self):
@@ -559,7 +639,7 @@ cdef class Scheduler:
     def ready(self):
         return self._ready._count
 
-    cdef object _lane_of(self, object msg):
+    cdef Py_hash_t _lane_of(self, object msg) except -1:
         if _in_place(msg):  # a partition's hash is the partition, a non-negative int
             return _lane_hashed(
                 <object> _field(msg, _AT_TOPIC),
@@ -568,27 +648,29 @@ cdef class Scheduler:
             )
         return self._lane(msg.topic(), msg.partition(), msg.key() if self._ordering == KEY else None)
 
-    cdef object _lane(self, object topic, object partition, object key):
+    cdef Py_hash_t _lane(self, object topic, object partition, object key) except -1:
         return _lane_hash(topic, partition, key)
 
     cpdef bint push(self, object msg) except -1:
-        cdef object lane, queue
-        cdef PyObject *found
+        cdef Py_hash_t lane
+        cdef Py_ssize_t i
+        cdef object queue
         if self._ready._count + self._waiting >= self._capacity:
             return False
         if self._ordering == UNORDERED:
             return self._ready.push(msg)
         lane = self._lane_of(msg)
-        found = PyDict_GetItem(self._lanes, lane)
-        if found == NULL:  # a free lane: it runs now, and holds the lane (None: nobody waits yet)
-            self._lanes[lane] = None
+        i = self._slot(lane)
+        if i < 0:  # a free lane: it runs now, and holds the lane (nobody waits yet)
+            self._hold(lane)
             self._ready.push(msg)
             return True
-        queue = <object> found
-        if queue is None:
+        if self._table[i].waiting == NULL:
             queue = deque()
-            self._lanes[lane] = queue
-        queue.append(msg)
+            i = self._slot(lane)  # (making the deque may have run a collection: look again)
+            Py_INCREF(queue)
+            self._table[i].waiting = <PyObject *> queue
+        (<object> self._table[i].waiting).append(msg)
         self._waiting += 1
         return True
 
@@ -615,18 +697,18 @@ cdef class Scheduler:
         order, since one handler call takes them in sequence."""
         cdef list batch = []
         cdef object msg, queue
-        cdef PyObject *found
+        cdef Py_ssize_t i
         while len(batch) < max_messages:
             msg = self._ready.pop()
             if msg is None:
                 break
             batch.append(msg)
             if self._ordering != UNORDERED:
-                found = PyDict_GetItem(self._lanes, self._lane_of(msg))
-                if found == NULL:  # its lane was released already (done() before it was handed out)
+                i = self._slot(self._lane_of(msg))
+                if i < 0 or self._table[i].waiting == NULL:  # released already, or nobody waits
                     continue
-                queue = <object> found
-                while queue is not None and queue and len(batch) < max_messages:
+                queue = <object> self._table[i].waiting
+                while queue and len(batch) < max_messages:
                     batch.append(queue.popleft())
                     self._waiting -= 1
         return batch
@@ -667,21 +749,23 @@ cdef class Scheduler:
         elif self._ordering == PARTITION:
             self._release(self._lane(topic, partition, None))
 
-    cdef _release(self, object lane):
-        cdef PyObject *found = PyDict_GetItem(self._lanes, lane)
+    cdef int _release(self, Py_hash_t lane) except -1:
+        cdef Py_ssize_t i = self._slot(lane)
         cdef object queue
-        if found == NULL:
-            return
-        queue = <object> found
-        if queue is None or not queue:
-            del self._lanes[lane]
+        if i < 0:
+            return 0
+        if self._table[i].waiting == NULL or not <object> self._table[i].waiting:
+            self._free(i)
         else:
+            queue = <object> self._table[i].waiting
             self._ready.push(queue.popleft())
             self._waiting -= 1
+        return 0
 
     cpdef done_batch(self, list messages):
         """``done`` for a batch handed out by ``pop_batch``: each offset acked, each lane released once."""
         cdef set seen
+        cdef Py_hash_t lane, last = -1
         if messages is None:
             raise TypeError("Argument 'messages' has incorrect type (expected list, got NoneType)")
         if self._tracker is not None:
@@ -692,20 +776,22 @@ cdef class Scheduler:
         seen = set()
         for msg in messages:
             lane = self._lane_of(msg)
-            if lane not in seen:
+            if lane != last and lane not in seen:  # a lane's messages come together (pop_batch)
                 seen.add(lane)
                 self._release(lane)
+            last = lane
 
     def drop(self, topic, int64_t partition, int64_t start=0):
         """Forget the held messages of a partition at or above offset ``start`` (all by default: it was
         revoked; a revoke filling its gaps keeps those below); return how many."""
-        cdef Py_ssize_t dropped = 0
+        cdef Py_ssize_t dropped = 0, i
         cdef list kept = []
-        cdef object lane, queue
+        cdef object queue
+        cdef Py_hash_t lane
         # The twin's drop() is this code, line for line. A lane's messages come in offset order: those kept
         # are the lane's first ones, so what stays runnable stays at the head of its lane.
-        for queue in self._lanes.values():  # waiting: they leave their lanes' queues
-            if queue is not None and queue:
+        for queue in [<object> self._table[i].waiting for i in range(self._mask + 1) if self._table[i].waiting]:
+            if queue:  # waiting: they leave their lanes' queues
                 left = [
                     m for m in queue if m.partition() != partition or m.topic() != topic or m.offset() < start
                 ]
@@ -720,12 +806,14 @@ cdef class Scheduler:
                 continue
             dropped += 1
             if self._ordering != UNORDERED:
-                lane = self._lane_of(msg)
-                queue = self._lanes.pop(lane, None)
-                if queue is not None and queue:  # another partition's lane with the same hash
-                    kept.append(queue.popleft())
-                    self._waiting -= 1
-                    self._lanes[lane] = queue
+                i = self._slot(self._lane_of(msg))
+                if i < 0:
+                    continue
+                if self._table[i].waiting != NULL and <object> self._table[i].waiting:
+                    kept.append((<object> self._table[i].waiting).popleft())  # another partition's lane,
+                    self._waiting -= 1  # same hash: the lane passes on
+                else:
+                    self._free(i)
         self._ready.extend(kept)
         return dropped
 
