@@ -42,8 +42,13 @@ ORDER = [
     "peer_handwritten",
     "peer_aiokafka",
     "peer_aioconsumer",
+    "peer_arroyo",
+    "peer_pyrallel_key_hash",
+    "peer_pyrallel_unordered",
     "io_64",
     "fc_io_64",
+    "peer_arroyo_io_64",
+    "peer_pyrallel_io_64",
     "io_1024",
     "fc_io_1024",
     "first_message",
@@ -95,6 +100,11 @@ def _keyed_row(key: str, info: dict[str, Any], keyed: dict[str, dict[str, Any]])
         "ratio_to": BASIS_NAMES.get(info.get("basis", ""), info.get("basis")),
         "messages": info.get("messages"),
     }
+    if "committed_to_end" in info:  # the framework peers (bench/peers.py)
+        row.update(
+            {k: info.get(k) for k in ("keeps_key_order", "committed_to_end", "read_to_end", "end_messages")},
+            committed_messages=info.get("committed_messages"),
+        )
     basis = keyed.get(info.get("basis") or "")
     if basis and basis.get("msgs_per_s") and row["msgs_per_s"]:
         row["ratio"] = row["msgs_per_s"] / basis["msgs_per_s"]
@@ -172,16 +182,38 @@ def _ratio_text(row: dict[str, Any]) -> str:
     return text
 
 
+def _committed_text(row: dict[str, Any]) -> str:
+    """A framework peer's "committed to end" cell: yes, or no with how far it committed and read."""
+    if row.get("committed_to_end") is None:
+        return ""
+    if row["committed_to_end"]:
+        return "yes"
+    end = row.get("end_messages") or 0
+    text = f"**no** ({row.get('committed_messages') or 0:,} of {end:,}"
+    if row.get("read_to_end") is False:
+        text += f"; read {row.get('messages') or 0:,} in the time budget"
+    return text + ")"
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| benchmark | msgs/s | msgs/s incl. join | ratio | target | met? |",
-        "|---|--:|--:|---|---|:-:|",
-    ]
+    """The table; with framework peer rows (bench/peers.py) in it, two more columns: whether the row keeps
+    per-key order and whether its group's committed offsets reached the topic's end after the run."""
+    peers = any(row.get("committed_to_end") is not None for row in rows)
+    head = "| benchmark | msgs/s | msgs/s incl. join | ratio | target | met? |"
+    rule = "|---|--:|--:|---|---|:-:|"
+    if peers:
+        head += " key order | committed to end |"
+        rule += ":-:|---|"
+    lines = [head, rule]
     for row in rows:
         rate = row.get("value") or (f"{row['msgs_per_s']:,.0f}" if row.get("msgs_per_s") else "-")
         incl = f"{row['msgs_per_s_incl_join']:,.0f}" if row.get("msgs_per_s_incl_join") else ""
         met = {True: "yes", False: "**no**", None: ""}[row["met"]]
-        lines.append(f"| {row['row']} | {rate} | {incl} | {_ratio_text(row)} | {row['target']} | {met} |")
+        line = f"| {row['row']} | {rate} | {incl} | {_ratio_text(row)} | {row['target']} | {met} |"
+        if peers:
+            order = {True: "yes", False: "no", None: ""}[row.get("keeps_key_order")]
+            line += f" {order} | {_committed_text(row)} |"
+        lines.append(line)
     return "\n".join(lines)
 
 

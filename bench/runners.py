@@ -475,7 +475,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     source, ``total`` messages: ``{"msgs_per_s"}``), ``handwritten``, ``aiokafka``,
     ``aioconsumer``: ``Run.row()`` of one read of ``topic`` (``total`` messages) at ``bootstrap``. ``io``
     (``n``, ``seconds``): ``{"msgs_per_s"}``. ``first`` (``repeats``): seconds to the first message,
-    fastconsumer and bare, in turns. ``rss`` (``passes``): ``rss_passes()``.
+    fastconsumer and bare, in turns. ``rss`` (``passes``): ``rss_passes()``. ``arroyo``, ``pyrallel``: the
+    framework peers, bench/peers.py ``measure()``.
     """
     what = spec["what"]
     args = (spec.get("bootstrap"), spec.get("topic"), spec.get("total"))
@@ -510,6 +511,10 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         return {"fastconsumer_runs": ours, "bare_runs": bare}
     if what == "rss":
         return {"passes": rss_passes(*args, spec["passes"])}
+    if what in ("arroyo", "pyrallel"):
+        from bench import peers
+
+        return peers.measure(spec)
     raise ValueError(f"unknown measurement {what!r}")
 
 

@@ -5,17 +5,19 @@ stops at its end; each measurement runs in a fresh Python process (bench/runners
 inside it, so process start is not counted and group join is. ``extra_info`` holds msgs/s from the first
 message to the last (``msgs_per_s``) and from making the client (``msgs_per_s_incl_join``), and the ratios
 to the row's ceiling; bench/report.py turns them into a table. The ceilings come first in this file, so
-they are measured before the rows compared with them.
+they are measured before the rows compared with them. The framework peers (sentry-arroyo, Pyrallel-Consumer:
+bench/peers.py) are the exception: too slow for the session topic, they read a smaller one of their own.
 """
 
 import os
 import statistics
+import uuid
 from pathlib import Path
 
 import pytest
 
-from bench import runners
-from bench.conftest import BASELINES, QUICK, baseline, record_row
+from bench import peers, runners
+from bench.conftest import BASELINES, KEYS, MESSAGE_SIZE, PARTITIONS, QUICK, BenchTopic, baseline, record_row
 
 #: ``FASTCONSUMER_BENCH_ROUNDS=3`` runs each throughput row 3 times and keeps its best round (default 1).
 ROUNDS = int(os.environ.get("FASTCONSUMER_BENCH_ROUNDS") or 1)
@@ -23,6 +25,11 @@ IO_SECONDS = 1.0 if QUICK else 3.0  # how long the I/O ceilings count completion
 FIRST_MESSAGE_REPEATS = 3  # the time to the first message is the median of this many runs of each
 RSS_PASSES = 10  # the memory probe reads the topic this many times: 1M then 10M messages (quick: 50k, 500k)
 REPO = str(Path(__file__).resolve().parents[1])
+#: The framework peers (sentry-arroyo, Pyrallel-Consumer) read a topic of their own this size (10,000 messages
+#: in quick mode), each stopping at its end or ``PEER_BUDGET`` seconds after its first message: they run at a
+#: few % of the ceiling, and the whole 1M topic would take them minutes.
+PEER_MESSAGES = int(os.environ.get("FASTCONSUMER_BENCH_PEER_MESSAGES") or (10_000 if QUICK else 50_000))
+PEER_BUDGET = 20.0 if QUICK else 60.0
 
 
 def measure(spec: dict, topic=None) -> dict:
@@ -118,6 +125,103 @@ def test_peer_aioconsumer(benchmark, bench_topic):
     record_row(benchmark, "peer_aioconsumer", label, row, ceiling, **bench_topic.info())
 
 
+# -- framework peers: sentry-arroyo and Pyrallel-Consumer (bench/peers.py), on a smaller topic of their own
+
+
+@pytest.fixture(scope="module")
+def peer_topic(kafka_bootstrap):
+    """A new topic of ``PEER_MESSAGES`` messages, shaped as the session topic (100 bytes, 4 partitions,
+    10,000 keys), read once (unrecorded) to warm the broker; deleted after this module."""
+    from fastconsumer.produce import produce
+    from tests.kafka_helpers import delete_topic, end_offsets
+
+    name = f"bench-peers-{uuid.uuid4().hex[:12]}"
+    produce(kafka_bootstrap, name, PEER_MESSAGES, size=MESSAGE_SIZE, keys=KEYS, partitions=PARTITIONS)
+    assert sum(end_offsets(kafka_bootstrap, name).values()) == PEER_MESSAGES
+    runners.bare_consume(kafka_bootstrap, name, PEER_MESSAGES, runners.FAST_BACKOFF)
+    yield BenchTopic(kafka_bootstrap, name, PEER_MESSAGES)
+    delete_topic(kafka_bootstrap, name)
+
+
+_PYRALLEL: list = []  # peers.pyrallel_python(), looked for once
+
+
+def _pyrallel_python() -> str:
+    """The Python >= 3.12 that runs the Pyrallel rows; the row is skipped, saying why, without one."""
+    if not _PYRALLEL:
+        _PYRALLEL.append(peers.pyrallel_python())
+    python, why = _PYRALLEL[0]
+    if python is None:
+        pytest.skip(why)
+    return python
+
+
+def run_peer_row(benchmark, spec: dict, topic, python: str | None = None) -> dict:
+    """``run_row`` for a framework peer: one read of ``peer_topic`` (up to ``PEER_BUDGET`` seconds after its
+    first message), in ``python -m bench.runners`` or, for another interpreter, ``python -m bench.peers``.
+    The rate with the join is left out: over a topic this small the join weighs far more than in the
+    ceiling's read, so its ratio would mislead (``join_s`` stays)."""
+    spec = {
+        "bootstrap": topic.bootstrap,
+        "topic": topic.name,
+        "total": topic.messages,
+        "budget": PEER_BUDGET,
+        **spec,
+    }
+    results = []
+
+    def once():
+        if python is None:
+            results.append(runners.in_subprocess(spec, REPO))
+        else:
+            results.append(peers.in_subprocess(spec, REPO, python))
+
+    benchmark.pedantic(once, rounds=ROUNDS, iterations=1)
+    best = max(results, key=lambda r: r.get("msgs_per_s") or 0)
+    if len(results) > 1:
+        best = {**best, "rounds_msgs_per_s": [round(r.get("msgs_per_s") or 0) for r in results]}
+    best.pop("msgs_per_s_incl_join", None)
+    return best
+
+
+def record_peer(benchmark, key, label, row, basis, bench_topic, keeps_key_order: bool) -> None:
+    """``record_row`` with what a peer row adds: whether it keeps per-key order, the size of the topic it
+    read, its time budget and its basis's msgs/s (so a table made from the JSON of a ``-k`` run, where the
+    ceilings are measured but not recorded, still says what the ratio is of)."""
+    info = {
+        **bench_topic.info(),
+        "peer_topic_messages": PEER_MESSAGES,
+        "budget_s": PEER_BUDGET,
+        "basis_msgs_per_s": basis.get("msgs_per_s"),
+    }
+    record_row(benchmark, key, label, {**row, "keeps_key_order": keeps_key_order}, basis, **info)
+
+
+def test_peer_arroyo_noop(benchmark, bench_topic, peer_topic):
+    """sentry-arroyo: KafkaConsumer + StreamProcessor, RunTask(no-op) -> CommitOffsets."""
+    pytest.importorskip("arroyo")
+    ceiling = _ceiling(bench_topic)
+    row = run_peer_row(benchmark, {"what": "arroyo", "handler": "noop"}, peer_topic)
+    label = f"peer: sentry-arroyo {row['version']} RunTask(no-op) -> CommitOffsets (serial: keeps key order)"
+    record_peer(benchmark, "peer_arroyo", label, row, ceiling, bench_topic, keeps_key_order=True)
+
+
+@pytest.mark.parametrize("ordering", ["key_hash", "unordered"])
+def test_peer_pyrallel_noop(benchmark, bench_topic, peer_topic, ordering):
+    """Pyrallel-Consumer, asyncio engine, no-op worker, its default max_in_flight (1000: at 64 it pauses
+    and resumes the consumer all the time and runs ~10x slower)."""
+    python = _pyrallel_python()
+    ceiling = _ceiling(bench_topic)
+    spec = {"what": "pyrallel", "handler": "noop", "ordering": ordering}
+    row = run_peer_row(benchmark, spec, peer_topic, python)
+    keeps = ordering == "key_hash"
+    order = "keeps key order" if keeps else "no key order"
+    label = f"peer: Pyrallel-Consumer {row['version']}, no-op, {ordering} ({order}), max_in_flight 1000"
+    record_peer(
+        benchmark, f"peer_pyrallel_{ordering}", label, row, ceiling, bench_topic, keeps_key_order=keeps
+    )
+
+
 # -- 1 ms of I/O per message, against the event loop's own ceiling
 
 
@@ -136,6 +240,34 @@ def test_fastconsumer_io_1ms(benchmark, bench_topic, concurrency):
     row = run_row(benchmark, spec, bench_topic, rounds=ROUNDS)
     label = f"fastconsumer, 1 ms handler, concurrency {concurrency}"
     record_row(benchmark, f"fc_io_{concurrency}", label, row, io, **bench_topic.info())
+
+
+# -- the framework peers with 1 ms of I/O per message, against the same I/O ceiling
+
+
+def test_peer_arroyo_io_1ms(benchmark, bench_topic, peer_topic):
+    """sentry-arroyo: RunTaskInThreads(time.sleep(0.001), 64 threads) -> CommitOffsets, against the I/O
+    ceiling of 64 coroutines."""
+    pytest.importorskip("arroyo")
+    io = _io_ceiling(64)
+    row = run_peer_row(benchmark, {"what": "arroyo", "handler": "io_1ms", "concurrency": 64}, peer_topic)
+    label = (
+        f"peer: sentry-arroyo {row['version']} RunTaskInThreads(1 ms sleep, 64 threads) -> CommitOffsets "
+        "(no key order)"
+    )
+    record_peer(benchmark, "peer_arroyo_io_64", label, row, io, bench_topic, keeps_key_order=False)
+
+
+def test_peer_pyrallel_io_1ms(benchmark, bench_topic, peer_topic):
+    """Pyrallel-Consumer, 1 ms async worker, max_in_flight 64, ordering key_hash: as fast as unordered
+    here (partition: a third of it), and it keeps key order."""
+    python = _pyrallel_python()
+    io = _io_ceiling(64)
+    spec = {"what": "pyrallel", "handler": "io_1ms", "ordering": "key_hash", "concurrency": 64}
+    row = run_peer_row(benchmark, spec, peer_topic, python)
+    version = row["version"]
+    label = f"peer: Pyrallel-Consumer {version}, 1 ms handler, max_in_flight 64, key_hash (keeps key order)"
+    record_peer(benchmark, "peer_pyrallel_io_64", label, row, io, bench_topic, keeps_key_order=True)
 
 
 # -- start-up and memory
