@@ -176,7 +176,7 @@ def _ratio_text(row: dict[str, Any]) -> str:
         return "-"
     if row.get("ratio_to") == "python core":
         return f"{ratio:.1f}x python"
-    text = f"{ratio:.0%} of {row['ratio_to']}"
+    text = f"{ratio:.1%} of {row['ratio_to']}" if ratio < 0.1 else f"{ratio:.0%} of {row['ratio_to']}"
     if row.get("ratio_incl_join") is not None and row.get("ratio_to") == "ceiling":
         text += f" ({row['ratio_incl_join']:.0%} incl. join)"
     return text
