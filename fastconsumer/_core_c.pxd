@@ -1,6 +1,6 @@
 # The compiled core's interface: the ring buffer, the offset tracker and the ordering scheduler.
 from cpython.ref cimport PyObject
-from libc.stdint cimport int64_t, uint8_t
+from libc.stdint cimport int64_t, uint8_t, uint64_t
 
 
 cdef class RingBuffer:
@@ -50,7 +50,9 @@ cdef class OffsetTracker:
 
 cdef struct _Lane:
     Py_hash_t lane
-    PyObject *waiting  # a deque of the messages waiting behind the one handed out; NULL: none yet
+    Py_ssize_t first  # the node of the first message waiting behind the one handed out; -1: none
+    Py_ssize_t last
+    uint64_t stamp  # the done_batch() call that released it last
     bint used
 
 
@@ -58,19 +60,26 @@ cdef class Scheduler:
     cdef int _ordering
     cdef Py_ssize_t _capacity
     cdef RingBuffer _ready
-    cdef _Lane *_table  # the lanes held, a power of two of slots
+    cdef OffsetTracker _tracker
+    cdef _Lane *_table  # the lanes held: a power of two of slots, at most half used
     cdef Py_ssize_t _mask
     cdef Py_ssize_t _held  # slots used
+    cdef uint64_t _stamp
+    cdef list _nodes  # the messages waiting, by node
+    cdef Py_ssize_t *_next  # per node: the next node of its lane's list, or of the free list; -1: none
+    cdef Py_ssize_t _free_node
     cdef Py_ssize_t _waiting
-    cdef OffsetTracker _tracker
 
+    cdef Py_hash_t _lane_of(self, object msg) except -1
+    cdef Py_hash_t _lane(self, object topic, object partition, object key) except -1
     cdef Py_ssize_t _slot(self, Py_hash_t lane)
     cdef int _hold(self, Py_hash_t lane) except -1
     cdef int _grow(self) except -1
-    cdef void _free(self, Py_ssize_t i)
-    cdef Py_hash_t _lane_of(self, object msg) except -1
-    cdef Py_hash_t _lane(self, object topic, object partition, object key) except -1
+    cdef void _let_go(self, Py_ssize_t i)
+    cdef void _wait(self, Py_ssize_t i, object msg)
+    cdef object _next_waiting(self, Py_ssize_t i)
     cdef int _release(self, Py_hash_t lane) except -1
+    cdef int _release_slot(self, Py_ssize_t i) except -1
     cpdef bint push(self, object msg) except -1
     cpdef Py_ssize_t extend(self, list messages, Py_ssize_t start=*) except -1
     cpdef object pop(self)

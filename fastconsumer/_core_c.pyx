@@ -537,33 +537,66 @@ cdef class Scheduler:
     partition. ``partition``: one message per partition at a time. ``unordered``: anything, at once.
     Runnable messages wait in a ring buffer; messages held back by a busy lane wait in that lane.
 
-    The lanes held are a C hash table (open addressing, linear probing) keyed by the lane's hash: a
-    message's lane is looked up twice (pushed, done) and Python ints in a dict cost an allocation each.
+    In C, since every message passes here two or three times: the lanes held are a hash table (open
+    addressing, linear probing) keyed by the lane's hash, and the messages waiting in a lane a linked list
+    through a pool of ``capacity`` nodes (what waits never exceeds it). No Python int, dict or deque per
+    message.
     """
 
     def __cinit__(self, object ordering="key", Py_ssize_t capacity=10000, OffsetTracker tracker=None):
+        cdef Py_ssize_t k
         if not isinstance(ordering, str) or ordering not in ORDERINGS:
             raise ValueError(f"ordering must be one of {', '.join(ORDERINGS)}; got {ordering!r}")
         self._ordering = ORDERINGS.index(ordering)
         self._capacity = capacity
         self._ready = RingBuffer(capacity)
         self._waiting = 0
+        self._tracker = tracker  # done() acks there: one call per finished message, not two
         self._table = <_Lane *> PyMem_Malloc(_MIN_LANES * sizeof(_Lane))
-        if self._table == NULL:
+        self._next = <Py_ssize_t *> PyMem_Malloc(capacity * sizeof(Py_ssize_t))
+        if self._table == NULL or self._next == NULL:
             raise MemoryError()
         memset(self._table, 0, _MIN_LANES * sizeof(_Lane))
         self._mask = _MIN_LANES - 1
         self._held = 0
-        self._tracker = tracker  # done() acks there: one call per finished message, not two
+        self._stamp = 0
+        self._nodes = [None] * capacity
+        for k in range(capacity):  # the free nodes, a list through _next
+            self._next[k] = k + 1 if k + 1 < capacity else -1
+        self._free_node = 0 if capacity else -1
 
     def __dealloc__(self):
-        cdef Py_ssize_t i
-        if self._table != NULL:
-            for i in range(self._mask + 1):
-                Py_XDECREF(self._table[i].waiting)
-            PyMem_Free(self._table)
+        PyMem_Free(self._table)
+        PyMem_Free(self._next)
 
-    # -- the lanes held: lane hash -> the messages waiting behind the one handed out
+    @property
+    def ordering(self):
+        return ORDERINGS[self._ordering]
+
+    @property
+    def capacity(self):
+        return self._capacity
+
+    def __len__(self):
+        """Messages held, runnable or waiting (not those handed out)."""
+        return self._ready._count + self._waiting
+
+    def ready(self):
+        return self._ready._count
+
+    # -- lanes: the hash table of the lanes held
+
+    cdef Py_hash_t _lane_of(self, object msg) except -1:
+        if _in_place(msg):  # a partition's hash is the partition, a non-negative int
+            return _lane_hashed(
+                <object> _field(msg, _AT_TOPIC),
+                _partition_field(msg),
+                _key_field(msg) if self._ordering == KEY else None,
+            )
+        return self._lane(msg.topic(), msg.partition(), msg.key() if self._ordering == KEY else None)
+
+    cdef Py_hash_t _lane(self, object topic, object partition, object key) except -1:
+        return _lane_hash(topic, partition, key)
 
     cdef Py_ssize_t _slot(self, Py_hash_t lane):
         """The slot of a lane held, or -1."""
@@ -583,7 +616,9 @@ cdef class Scheduler:
         while self._table[i].used:
             i = (i + 1) & self._mask
         self._table[i].lane = lane
-        self._table[i].waiting = NULL
+        self._table[i].first = -1
+        self._table[i].last = -1
+        self._table[i].stamp = 0
         self._table[i].used = True
         self._held += 1
         return 0
@@ -606,10 +641,9 @@ cdef class Scheduler:
         PyMem_Free(old)
         return 0
 
-    cdef void _free(self, Py_ssize_t i):
-        """Let go of the lane in slot ``i``: later slots of its probe run move up (no tombstones)."""
+    cdef void _let_go(self, Py_ssize_t i):
+        """Let go of the lane in slot ``i`` (nobody waits in it): later slots of its probe run move up."""
         cdef Py_ssize_t j = i, home
-        cdef PyObject *waiting = self._table[i].waiting
         while True:
             j = (j + 1) & self._mask
             if not self._table[j].used:
@@ -620,58 +654,51 @@ cdef class Scheduler:
             self._table[i] = self._table[j]
             i = j
         self._table[i].used = False
-        self._table[i].waiting = NULL
         self._held -= 1
-        Py_XDECREF(waiting)  # last: a deque's last reference may run arbitrary code
 
-    @property
-    def ordering(self):
-        return ORDERINGS[self._ordering]
+    # -- waiting: each lane's messages behind the one handed out, in order
 
-    @property
-    def capacity(self):
-        return self._capacity
+    cdef inline void _wait(self, Py_ssize_t i, object msg):
+        cdef Py_ssize_t node = self._free_node
+        self._free_node = self._next[node]
+        self._nodes[node] = msg
+        self._next[node] = -1
+        if self._table[i].first < 0:
+            self._table[i].first = node
+        else:
+            self._next[self._table[i].last] = node
+        self._table[i].last = node
+        self._waiting += 1
 
-    def __len__(self):
-        """Messages held, runnable or waiting (not those handed out)."""
-        return self._ready._count + self._waiting
+    cdef inline object _next_waiting(self, Py_ssize_t i):
+        """The first message waiting in the lane of slot ``i``, taken (the lane must have one)."""
+        cdef Py_ssize_t node = self._table[i].first
+        cdef object msg = self._nodes[node]
+        self._nodes[node] = None
+        self._table[i].first = self._next[node]
+        if self._table[i].first < 0:
+            self._table[i].last = -1
+        self._next[node] = self._free_node
+        self._free_node = node
+        self._waiting -= 1
+        return msg
 
-    def ready(self):
-        return self._ready._count
-
-    cdef Py_hash_t _lane_of(self, object msg) except -1:
-        if _in_place(msg):  # a partition's hash is the partition, a non-negative int
-            return _lane_hashed(
-                <object> _field(msg, _AT_TOPIC),
-                _partition_field(msg),
-                _key_field(msg) if self._ordering == KEY else None,
-            )
-        return self._lane(msg.topic(), msg.partition(), msg.key() if self._ordering == KEY else None)
-
-    cdef Py_hash_t _lane(self, object topic, object partition, object key) except -1:
-        return _lane_hash(topic, partition, key)
+    # -- the operations
 
     cpdef bint push(self, object msg) except -1:
         cdef Py_hash_t lane
         cdef Py_ssize_t i
-        cdef object queue
         if self._ready._count + self._waiting >= self._capacity:
             return False
         if self._ordering == UNORDERED:
             return self._ready.push(msg)
         lane = self._lane_of(msg)
         i = self._slot(lane)
-        if i < 0:  # a free lane: it runs now, and holds the lane (nobody waits yet)
+        if i < 0:  # a free lane: it runs now, and holds the lane
             self._hold(lane)
             self._ready.push(msg)
-            return True
-        if self._table[i].waiting == NULL:
-            queue = deque()
-            i = self._slot(lane)  # (making the deque may have run a collection: look again)
-            Py_INCREF(queue)
-            self._table[i].waiting = <PyObject *> queue
-        (<object> self._table[i].waiting).append(msg)
-        self._waiting += 1
+        else:
+            self._wait(i, msg)
         return True
 
     cpdef Py_ssize_t extend(self, list messages, Py_ssize_t start=0) except -1:
@@ -696,7 +723,7 @@ cdef class Scheduler:
         """Up to ``max_messages`` messages runnable together: each lane's waiting successors come along in
         order, since one handler call takes them in sequence."""
         cdef list batch = []
-        cdef object msg, queue
+        cdef object msg
         cdef Py_ssize_t i
         while len(batch) < max_messages:
             msg = self._ready.pop()
@@ -705,18 +732,16 @@ cdef class Scheduler:
             batch.append(msg)
             if self._ordering != UNORDERED:
                 i = self._slot(self._lane_of(msg))
-                if i < 0 or self._table[i].waiting == NULL:  # released already, or nobody waits
+                if i < 0:  # its lane was released already (done() before it was handed out)
                     continue
-                queue = <object> self._table[i].waiting
-                while queue and len(batch) < max_messages:
-                    batch.append(queue.popleft())
-                    self._waiting -= 1
+                while self._table[i].first >= 0 and len(batch) < max_messages:
+                    batch.append(self._next_waiting(i))
         return batch
 
     cpdef done(self, object msg):
         """A handed-out message is finished: ack its offset in the tracker, and release its lane so the next
         message waiting in it becomes runnable."""
-        cdef object topic
+        cdef object topic, partition
         cdef int32_t partition_field
         if _in_place(msg):
             topic = <object> _field(msg, _AT_TOPIC)
@@ -729,7 +754,7 @@ cdef class Scheduler:
                 self._release(_lane_hashed(topic, partition_field, None))
             return
         topic = msg.topic()
-        cdef object partition = msg.partition()
+        partition = msg.partition()
         if self._tracker is not None:
             self._tracker.ack(topic, partition, msg.offset())
         if self._ordering == KEY:
@@ -750,22 +775,22 @@ cdef class Scheduler:
             self._release(self._lane(topic, partition, None))
 
     cdef int _release(self, Py_hash_t lane) except -1:
-        cdef Py_ssize_t i = self._slot(lane)
-        cdef object queue
+        self._release_slot(self._slot(lane))
+        return 0
+
+    cdef int _release_slot(self, Py_ssize_t i) except -1:
         if i < 0:
             return 0
-        if self._table[i].waiting == NULL or not <object> self._table[i].waiting:
-            self._free(i)
+        if self._table[i].first < 0:
+            self._let_go(i)
         else:
-            queue = <object> self._table[i].waiting
-            self._ready.push(queue.popleft())
-            self._waiting -= 1
+            self._ready.push(self._next_waiting(i))
         return 0
 
     cpdef done_batch(self, list messages):
         """``done`` for a batch handed out by ``pop_batch``: each offset acked, each lane released once."""
-        cdef set seen
-        cdef Py_hash_t lane, last = -1
+        cdef Py_ssize_t i
+        cdef uint64_t stamp
         if messages is None:
             raise TypeError("Argument 'messages' has incorrect type (expected list, got NoneType)")
         if self._tracker is not None:
@@ -773,33 +798,39 @@ cdef class Scheduler:
                 self._tracker.ack_message(msg)
         if self._ordering == UNORDERED:
             return
-        seen = set()
+        self._stamp += 1  # a lane released by this call is stamped with it: not released twice
+        stamp = self._stamp
         for msg in messages:
-            lane = self._lane_of(msg)
-            if lane != last and lane not in seen:  # a lane's messages come together (pop_batch)
-                seen.add(lane)
-                self._release(lane)
-            last = lane
+            i = self._slot(self._lane_of(msg))
+            if i < 0 or self._table[i].stamp == stamp:
+                continue
+            if self._table[i].first < 0:
+                self._let_go(i)
+            else:  # its next message runs; the lane stays held, by that one
+                self._ready.push(self._next_waiting(i))
+                self._table[i].stamp = stamp
 
     def drop(self, topic, int64_t partition, int64_t start=0):
         """Forget the held messages of a partition at or above offset ``start`` (all by default: it was
         revoked; a revoke filling its gaps keeps those below); return how many."""
-        cdef Py_ssize_t dropped = 0, i
+        cdef Py_ssize_t dropped = 0, i, node, before, after
         cdef list kept = []
-        cdef object queue
-        cdef Py_hash_t lane
-        # The twin's drop() is this code, line for line. A lane's messages come in offset order: those kept
-        # are the lane's first ones, so what stays runnable stays at the head of its lane.
-        for queue in [<object> self._table[i].waiting for i in range(self._mask + 1) if self._table[i].waiting]:
-            if queue:  # waiting: they leave their lanes' queues
-                left = [
-                    m for m in queue if m.partition() != partition or m.topic() != topic or m.offset() < start
-                ]
-                if len(left) != len(queue):
-                    dropped += len(queue) - len(left)
-                    self._waiting -= len(queue) - len(left)
-                    queue.clear()
-                    queue.extend(left)
+        cdef list left
+        # The twin's drop() is this code. A lane's messages come in offset order: those kept are the lane's
+        # first ones, so what stays runnable stays at the head of its lane.
+        for i in range(self._mask + 1):  # waiting: they leave their lanes
+            if not self._table[i].used or self._table[i].first < 0:
+                continue
+            left = []
+            before = 0
+            while self._table[i].first >= 0:
+                msg = self._next_waiting(i)
+                before += 1
+                if msg.partition() != partition or msg.topic() != topic or msg.offset() < start:
+                    left.append(msg)
+            for msg in left:
+                self._wait(i, msg)
+            dropped += before - len(left)
         for msg in self._ready.drain():  # runnable: each holds its lane, which passes on as if it had run
             if msg.partition() != partition or msg.topic() != topic or msg.offset() < start:
                 kept.append(msg)
@@ -809,11 +840,10 @@ cdef class Scheduler:
                 i = self._slot(self._lane_of(msg))
                 if i < 0:
                     continue
-                if self._table[i].waiting != NULL and <object> self._table[i].waiting:
-                    kept.append((<object> self._table[i].waiting).popleft())  # another partition's lane,
-                    self._waiting -= 1  # same hash: the lane passes on
+                if self._table[i].first >= 0:  # another partition's lane with the same hash: it passes on
+                    kept.append(self._next_waiting(i))
                 else:
-                    self._free(i)
+                    self._let_go(i)
         self._ready.extend(kept)
         return dropped
 
