@@ -192,7 +192,7 @@ def record_peer(benchmark, key, label, row, basis, bench_topic, keeps_key_order:
         **bench_topic.info(),
         "peer_topic_messages": PEER_MESSAGES,
         "budget_s": PEER_BUDGET,
-        "basis_msgs_per_s": basis.get("msgs_per_s"),
+        "basis_msgs_per_s": round(basis["msgs_per_s"]) if basis.get("msgs_per_s") else None,
     }
     record_row(benchmark, key, label, {**row, "keeps_key_order": keeps_key_order}, basis, **info)
 
