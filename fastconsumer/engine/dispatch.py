@@ -75,6 +75,7 @@ class Dispatcher:
         self._recovery = recovery
         self._fatal = fatal
         self._idle: deque[asyncio.Future[None]] = deque()
+        self._batch_size: int | None = None
         self._fill_to: dict[Partition, int] = {}
         self._watchers: list[Callable[[], bool]] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -86,6 +87,7 @@ class Dispatcher:
     def start(self, concurrency: int, batch_size: int | None) -> list[asyncio.Task[None]]:
         """The workers; ``batch_size`` for a batch handler."""
         self._current = [None] * concurrency
+        self._batch_size = batch_size
         self._tasks = [
             self._loop.create_task(
                 self._batch_worker(i, batch_size) if batch_size is not None else self._worker(i),
@@ -169,6 +171,17 @@ class Dispatcher:
 
     # -- waiting for work
 
+    def work(self, ready: int) -> None:
+        """Wake the workers that ``ready`` runnable messages need: a worker runs up to ``YIELD_EVERY``
+        handlers that do not suspend (a batch worker, one batch), and one whose handler suspends wakes the
+        next while messages are left (``_pass_on``). Waking one per message woke dozens for nothing."""
+        per_worker = self._batch_size or YIELD_EVERY
+        self.wake(-(-ready // per_worker))
+
+    def _pass_on(self) -> None:
+        if self._idle and self.scheduler.ready():
+            self.wake(1)
+
     def wake(self, n: int) -> None:
         idle = self._idle
         while n > 0 and idle:
@@ -214,6 +227,7 @@ class Dispatcher:
                         await self._wait_for_work()
                     continue
                 msg, coro, first = pending
+                self._pass_on()  # this worker waits for its handler: the next one takes what is left
             elif phase is FILLING:
                 msg = scheduler.pop()
                 if msg is None:
@@ -265,6 +279,7 @@ class Dispatcher:
             n = len(messages)
             stats.in_flight += n
             current[i] = messages
+            self._pass_on()
             try:
                 await handler(messages)
             except BaseException as exc:

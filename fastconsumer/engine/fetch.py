@@ -96,7 +96,7 @@ class Fetcher:
             ahead.fetched(messages)
             if ahead.paused:
                 dispatcher.attention = True
-            dispatcher.wake(scheduler.ready())
+            dispatcher.work(scheduler.ready())
 
     def skip(self, key: Partition, offsets: frozenset[int]) -> None:
         """When fetched, count the messages of partition ``key`` at ``offsets`` as handled (a previous owner
