@@ -926,7 +926,20 @@ cdef class Resume:
         return self
 
     def __next__(self):
-        return self.send(None)
+        # What the awaiting Task calls on each wake-up (it sends None): in C, no method looked up.
+        cdef PyObject *result = NULL
+        cdef PySendResult status
+        if not self._started:
+            self._started = True
+            return self._first
+        status = PyIter_Send(self._coro, None, &result)
+        value = <object> result if result != NULL else None
+        Py_XDECREF(result)
+        if status == PYGEN_NEXT:
+            return value
+        if status == PYGEN_RETURN:
+            raise StopIteration(value)
+        raise_current()
 
     def send(self, value):
         if not self._started:
