@@ -9,7 +9,16 @@ from typing_extensions import disjoint_base
 
 from fastconsumer._core_py import MessageLike, Restart
 
-__all__ = ("ORDERINGS", "OffsetTracker", "Resume", "RingBuffer", "Scheduler", "drive")
+__all__ = (
+    "ORDERINGS",
+    "OffsetTracker",
+    "Resume",
+    "RingBuffer",
+    "Scheduler",
+    "drive",
+    "first_error",
+    "note_last_offsets",
+)
 
 ORDERINGS: tuple[str, str, str]
 
@@ -79,3 +88,6 @@ class Resume(Generator[Any, Any, Any]):
     def send(self, value: Any) -> Any: ...
     def throw(self, *args: Any) -> Any: ...
     def close(self) -> None: ...
+
+def first_error(messages: list[Any]) -> int: ...
+def note_last_offsets(messages: list[Any], into: dict[Any, Any]) -> None: ...

@@ -15,7 +15,16 @@ from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from libc.stdint cimport INT64_MAX, int32_t, uint64_t
 from libc.string cimport memset
 
-__all__ = ("ORDERINGS", "OffsetTracker", "Resume", "RingBuffer", "Scheduler", "drive")
+__all__ = (
+    "ORDERINGS",
+    "OffsetTracker",
+    "Resume",
+    "RingBuffer",
+    "Scheduler",
+    "drive",
+    "first_error",
+    "note_last_offsets",
+)
 
 ORDERINGS = ("key", "partition", "unordered")
 
@@ -34,7 +43,7 @@ cdef enum:
 # subclass, a field unset) these fall back to the method calls, which give the same values.
 
 cdef PyTypeObject *_MESSAGE = NULL  # the type whose fields are read in place, once the probe found them
-cdef Py_ssize_t _AT_TOPIC = 0, _AT_KEY = 0, _AT_PARTITION = 0, _AT_OFFSET = 0
+cdef Py_ssize_t _AT_TOPIC = 0, _AT_KEY = 0, _AT_PARTITION = 0, _AT_OFFSET = 0, _AT_ERROR = 0
 
 
 cdef inline PyObject *_field(object msg, Py_ssize_t at):
@@ -57,6 +66,11 @@ cdef inline bint _in_place(object msg):
         and _partition_field(msg) >= 0
         and _offset_field(msg) >= 0
     )
+
+
+cdef inline bint _has_error(object msg):
+    cdef PyObject *error = _field(msg, _AT_ERROR)
+    return error != NULL and error != <PyObject *> None
 
 
 cdef inline object _key_field(object msg):
@@ -83,19 +97,21 @@ cdef Py_ssize_t _find(object probe, Py_ssize_t size, Py_ssize_t width, int64_t v
 
 
 cdef int _probe_message_layout() except -1:
-    global _MESSAGE, _AT_TOPIC, _AT_KEY, _AT_PARTITION, _AT_OFFSET
-    from confluent_kafka import Message
+    global _MESSAGE, _AT_TOPIC, _AT_KEY, _AT_PARTITION, _AT_OFFSET, _AT_ERROR
+    from confluent_kafka import KafkaError, Message
 
     if sizeof(void *) != 8:
         return 0
     topic, key = "fastconsumer-probe-" + "topic", b"fastconsumer-probe-" + b"key"
-    probe = Message(topic, 1234567, 98765432101, key, b"", None, None, (1, 0))
+    error = KafkaError(KafkaError._PARTITION_EOF)
+    probe = Message(topic, 1234567, 98765432101, key, b"", None, error, (1, 0))
     size = Message.__basicsize__
     _AT_TOPIC = _find(probe, size, 8, <int64_t> <Py_ssize_t> <PyObject *> topic)
     _AT_KEY = _find(probe, size, 8, <int64_t> <Py_ssize_t> <PyObject *> key)
     _AT_PARTITION = _find(probe, size, 4, 1234567)
     _AT_OFFSET = _find(probe, size, 8, 98765432101)
-    if min(_AT_TOPIC, _AT_KEY, _AT_PARTITION, _AT_OFFSET) < 0:
+    _AT_ERROR = _find(probe, size, 8, <int64_t> <Py_ssize_t> <PyObject *> error)
+    if min(_AT_TOPIC, _AT_KEY, _AT_PARTITION, _AT_OFFSET, _AT_ERROR) < 0:
         return 0
     _MESSAGE = <PyTypeObject *> Message
     # Other messages, read through the accessors the hot path uses, must give what their methods give.
@@ -106,6 +122,8 @@ cdef int _probe_message_layout() except -1:
             and _key_field(other) is other.key()
             and _partition_field(other) == other.partition()
             and _offset_field(other) == other.offset()
+            and not _has_error(other)
+            and other.error() is None
         ):
             _MESSAGE = NULL
             return 0
@@ -118,6 +136,43 @@ _probe_message_layout()
 def _reads_in_place():
     """Whether Message fields are read in place (for the tests)."""
     return _MESSAGE != NULL
+
+
+def first_error(list messages not None):
+    """The index of the first of ``messages`` that carries an error (an event, not a message), or -1."""
+    cdef Py_ssize_t i
+    for i in range(len(messages)):
+        msg = messages[i]
+        if Py_TYPE(msg) == _MESSAGE:
+            if _has_error(msg):
+                return i
+        elif msg.error() is not None:
+            return i
+    return -1
+
+
+def note_last_offsets(list messages not None, dict into not None):
+    """``into[(topic, partition)] = offset`` of each partition's last message among ``messages``, as one
+    assignment per message in order would leave it; once per run of a partition, here."""
+    cdef Py_ssize_t i, n = len(messages)
+    cdef PyObject *topic = NULL
+    cdef int32_t partition = -1
+    cdef int64_t offset = -1
+    for i in range(n):
+        msg = messages[i]
+        if _in_place(msg):
+            if topic != NULL and (_field(msg, _AT_TOPIC) != topic or _partition_field(msg) != partition):
+                into[(<object> topic, partition)] = offset
+            topic = _field(msg, _AT_TOPIC)
+            partition = _partition_field(msg)
+            offset = _offset_field(msg)
+            continue
+        if topic != NULL:
+            into[(<object> topic, partition)] = offset
+            topic = NULL
+        into[(msg.topic(), msg.partition())] = msg.offset()
+    if topic != NULL:
+        into[(<object> topic, partition)] = offset
 
 
 cdef class RingBuffer:

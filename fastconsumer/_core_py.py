@@ -19,7 +19,16 @@ from collections.abc import Callable, Coroutine, Generator, Iterable
 from types import CoroutineType, GeneratorType
 from typing import Any, Generic, Protocol, TypeVar
 
-__all__ = ("ORDERINGS", "OffsetTracker", "Resume", "RingBuffer", "Scheduler", "drive")
+__all__ = (
+    "ORDERINGS",
+    "OffsetTracker",
+    "Resume",
+    "RingBuffer",
+    "Scheduler",
+    "drive",
+    "first_error",
+    "note_last_offsets",
+)
 
 ORDERINGS = ("key", "partition", "unordered")
 _KEY, _PARTITION, _UNORDERED = 0, 1, 2
@@ -613,3 +622,22 @@ class Resume(Generator[Any, Any, Any]):
 
     def close(self) -> None:
         self._coro.close()
+
+
+def first_error(messages: list[Any]) -> int:
+    """The index of the first of ``messages`` that carries an error (an event, not a message), or -1."""
+    _check_list(messages, "messages")
+    for i, msg in enumerate(messages):
+        if msg.error() is not None:
+            return i
+    return -1
+
+
+def note_last_offsets(messages: list[Any], into: dict[Any, Any]) -> None:
+    """``into[(topic, partition)] = offset`` of each partition's last message among ``messages``, as one
+    assignment per message in order would leave it."""
+    _check_list(messages, "messages")
+    if type(into) is not dict:
+        raise _wrong_type("into", "dict", into)
+    for msg in messages:
+        into[(msg.topic(), msg.partition())] = msg.offset()

@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 from confluent_kafka import Consumer as KafkaConsumer
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
+from fastconsumer import core
 from fastconsumer.errors import ConfigError
 from fastconsumer.sources.base import Partition, SourceListener, SourceStats
 from fastconsumer.sources.kafka.commands import Close, Command, Commit, CommitSync, Fetch, Pause
@@ -132,7 +133,6 @@ class Client:
         # offset committed then (-1: none yet, nothing delivered since the assignment)
         self._tail: dict[Partition, int] = {}
         self._follow_up_at = 0.0
-        self._one_topic = len(topics) == 1 and not topics[0].startswith("^")
         self._ahead = 0  # how many messages the engine's cap lets this thread hold for its next fetch
         # a held-back partition parks about one fetch response before librdkafka pauses it (pauses.py)
         self._pauses = Pauses(int(config.get("max.partition.fetch.bytes") or PARK_BYTES))
@@ -325,15 +325,8 @@ class Client:
 
     def _note_delivered(self, messages: list[Message]) -> None:
         """Remember the last offset handed to the engine per partition (a batch is in offset order per
-        partition). Keyed by partition number alone while one topic is consumed: the cheap pass."""
-        last: dict[Any, Message]
-        if self._one_topic:
-            last = {m.partition(): m for m in messages}
-        else:
-            last = {(m.topic(), m.partition()): m for m in messages}
-        delivered: dict[Any, Any] = self._delivered
-        for m in last.values():
-            delivered[(m.topic(), m.partition())] = m.offset()
+        partition): in the core, which reads each message in place."""
+        core.impl.note_last_offsets(messages, self._delivered)
 
     # -- commits
 
@@ -495,14 +488,9 @@ class Client:
             # librdkafka keeps a partition's pause across a revoke and a new assignment: set it afresh.
             self._reassigned = False
             self._pauses.reassigned(consumer, {(tp.topic, tp.partition) for tp in consumer.assignment()})
-        out = batch
-        eof = self.eof
-        for msg in batch:
-            err = msg.error()
-            if err is not None or eof:
-                out = self._sift(batch)
-                break
-        return out
+        if self.eof or core.impl.first_error(batch) >= 0:
+            return self._sift(batch)
+        return batch
 
     def _sift(self, batch: list[Message]) -> list[Message]:
         """The slow path: drop end-of-partition events (noting them) and report errors."""
