@@ -156,7 +156,7 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
         "--max-buffered",
         type=positive_int,
         help="messages fetched and not yet handled, at most; the look-ahead starts at 4 x --batch-size or "
-        "4 x --concurrency and grows to this while handlers starve behind the ordering (10 x that)",
+        "8 x --concurrency and grows to this while handlers starve behind the ordering (10 x that)",
     )
     parser.add_argument(
         "--max-buffered-mb",

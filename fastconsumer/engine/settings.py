@@ -21,7 +21,7 @@ class Settings:
     concurrency: int = 64
     ordering: str = "key"
     batch_size: int = 500
-    max_buffered: int | None = None  # None: 10 x the first look-ahead (4 x batch_size or 4 x concurrency)
+    max_buffered: int | None = None  # None: 10 x the first look-ahead (4 x batch_size or 8 x concurrency)
     max_buffered_bytes: int = 64 * 1024 * 1024
     max_window: int | None = None  # None: 2 x max_buffered
     commit_interval: float = 1.0
@@ -72,14 +72,14 @@ class Settings:
     def lookahead(self) -> int:
         """Messages the engine holds at first, buffered and in flight; it grows up to ``cap`` while handler
         slots starve behind the ordering (``engine/lookahead.py``)."""
-        return min(max(4 * self.batch_size, 4 * self.concurrency), self.cap)
+        return min(max(4 * self.batch_size, 8 * self.concurrency), self.cap)
 
     @property
     def cap(self) -> int:
         """Messages the engine holds at most, buffered and in flight (and at most ``max_buffered_bytes``)."""
         if self.max_buffered is not None:
             return self.max_buffered
-        return 10 * max(4 * self.batch_size, 4 * self.concurrency)
+        return 10 * max(4 * self.batch_size, 8 * self.concurrency)
 
     @property
     def window(self) -> int:
