@@ -25,7 +25,6 @@ TARGETS: dict[str, tuple[str, str, float, str]] = {
     "fc_io_64": ("ratio", ">=", 0.97, ">= 97% of I/O ceiling"),
     "fc_io_1024": ("ratio", ">=", 0.80, ">= 80% of I/O ceiling"),
     "engine": ("msgs_per_s", ">=", 2_000_000, ">= 2M msgs/s (cython)"),
-    "core": ("ratio", ">=", 5.0, ">= 5x python"),
     "rss": ("ratio", "<=", 1.20, "peak within 20%"),
     "first_message": ("overhead_s", "<", 1.0, "overhead < 1 s"),
 }
