@@ -6,16 +6,22 @@ Each row reads a topic of its own from the start with a new group (``--exit-at-e
 process to the last (the handler notes both); incl. join: handled / the longest process's elapsed time, which
 counts its start and group join (in the quick mode, most of it). The work per message is a fixed number of
 hash rounds, calibrated once in this process, so a slower core does less per second, not less per message.
+
+On a machine that also runs the broker, two processes compete with it for the cores: each row says how much
+CPU the broker took during the run (``broker_cores``: CPU seconds / wall seconds, found by the port it listens
+on) and the consumer processes (``consumer_cores``), of the machine's ``cores``.
 """
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 
 from bench.conftest import QUICK, record_row
@@ -53,6 +59,27 @@ def cpu_topic(kafka_bootstrap):
     delete_topic(kafka_bootstrap, name)
 
 
+def broker_process(bootstrap: str) -> psutil.Process | None:
+    """The process listening on the bootstrap's port, when it runs on this machine."""
+    port = int(bootstrap.rsplit(":", 1)[1].split(",")[0])
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+            return psutil.Process(conn.pid)
+    return None
+
+
+def _cpu_s(proc: psutil.Process | None) -> float | None:
+    if proc is None:
+        return None
+    times = proc.cpu_times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 @pytest.fixture(scope="module")
 def rounds():
     return calibrate()
@@ -87,9 +114,16 @@ def test_cpu_bound_handler_scales_with_processes(
     spans = tmp_path / "spans"
     env = {**os.environ, "FASTCONSUMER_BENCH_HASH_ROUNDS": str(rounds), "FASTCONSUMER_BENCH_SPAN": str(spans)}
     results = []
+    broker = broker_process(kafka_bootstrap)
+    cpu = {}
 
     def run() -> None:
+        cpu["broker"], cpu["consumers"], cpu["wall"] = _cpu_s(broker), _children_cpu_s(), time.monotonic()
         proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        wall = time.monotonic() - cpu["wall"]
+        broker_s = _cpu_s(broker)
+        cpu["broker_cores"] = None if broker_s is None else round((broker_s - cpu["broker"]) / wall, 2)
+        cpu["consumer_cores"] = round((_children_cpu_s() - cpu["consumers"]) / wall, 2)
         assert proc.returncode == 0, proc.stderr
         results.append(json.loads(proc.stdout))
 
@@ -109,7 +143,16 @@ def test_cpu_bound_handler_scales_with_processes(
     ROWS[processes] = row
     label = f"CPU-bound handler (~200 µs of hashing per message), --processes {processes}"
     basis = ROWS.get(1) if processes > 1 else None
-    extra = record_row(benchmark, row["key"], label, row, basis, hash_rounds=rounds, quick=QUICK)
+    shares = {
+        "broker_cores": cpu["broker_cores"],
+        "consumer_cores": cpu["consumer_cores"],
+        "cores": os.cpu_count(),
+    }
+    extra = record_row(benchmark, row["key"], label, row, basis, hash_rounds=rounds, quick=QUICK, **shares)
+    print(
+        f"\n--processes {processes}: the broker took {shares['broker_cores']} cores, the consumer processes "
+        f"{shares['consumer_cores']}, of {shares['cores']}"
+    )
     if basis is not None:
         speedup = row["msgs_per_s"] / basis["msgs_per_s"]
         speedup_incl = row["msgs_per_s_incl_join"] / basis["msgs_per_s_incl_join"]
