@@ -161,7 +161,10 @@ def note_last_offsets(list messages not None, dict into not None):
     for i in range(n):
         msg = messages[i]
         if _in_place(msg):
-            if topic != NULL and (_field(msg, _AT_TOPIC) != topic or _partition_field(msg) != partition):
+            if topic != NULL and (
+                _partition_field(msg) != partition
+                or (_field(msg, _AT_TOPIC) != topic and <object> _field(msg, _AT_TOPIC) != <object> topic)
+            ):  # (each message from librdkafka has a topic string of its own: compared by value)
                 into[(<object> topic, partition)] = offset
             topic = _field(msg, _AT_TOPIC)
             partition = _partition_field(msg)
