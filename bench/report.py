@@ -35,6 +35,7 @@ ORDER = [
     "ceiling",
     "ceiling_default_backoff",
     "fc_key",
+    "fc_key_cli",
     "fc_partition",
     "fc_unordered",
     "fc_batch",
@@ -50,6 +51,7 @@ ORDER = [
     "peer_pyrallel_io_64",
     "io_1024",
     "fc_io_1024",
+    "fc_io_1024_cli",
     "first_message",
     "rss",
 ]

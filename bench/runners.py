@@ -476,8 +476,13 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     ``aioconsumer``: ``Run.row()`` of one read of ``topic`` (``total`` messages) at ``bootstrap``. ``io``
     (``n``, ``seconds``): ``{"msgs_per_s"}``. ``first`` (``repeats``): seconds to the first message,
     fastconsumer and bare, in turns. ``rss`` (``passes``): ``rss_passes()``. ``arroyo``, ``pyrallel``: the
-    framework peers, bench/peers.py ``measure()``.
+    framework peers, bench/peers.py ``measure()``. ``"gc": "cli"``: with the collector tuned as
+    ``python -m fastconsumer`` tunes it (``fastconsumer.cli.run.tune_gc``; a library leaves it alone).
     """
+    if spec.get("gc") == "cli":
+        from fastconsumer.cli.run import tune_gc
+
+        tune_gc()
     what = spec["what"]
     args = (spec.get("bootstrap"), spec.get("topic"), spec.get("total"))
     if what == "bare":

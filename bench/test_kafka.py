@@ -91,6 +91,16 @@ def test_fastconsumer_noop(benchmark, bench_topic, ordering):
     record_row(benchmark, f"fc_{ordering}", label, row, ceiling, **bench_topic.info())
 
 
+def test_fastconsumer_noop_cli(benchmark, bench_topic):
+    """Key ordering as ``python -m fastconsumer`` runs it: the CLI owns its process and tunes the collector
+    (the rows above are the library's, collector untouched)."""
+    ceiling = _ceiling(bench_topic)
+    spec = {"what": "fastconsumer", "handler": "noop", "options": {"concurrency": 64}, "gc": "cli"}
+    row = run_row(benchmark, spec, bench_topic, rounds=ROUNDS)
+    label = "fastconsumer, no-op handler, concurrency 64, ordering key, collector tuned as the CLI does"
+    record_row(benchmark, "fc_key_cli", label, row, ceiling, **bench_topic.info())
+
+
 def test_fastconsumer_batch_noop(benchmark, bench_topic):
     ceiling = _ceiling(bench_topic)
     row = run_row(benchmark, {"what": "fastconsumer", "handler": "noop_batch"}, bench_topic, rounds=ROUNDS)
@@ -240,6 +250,16 @@ def test_fastconsumer_io_1ms(benchmark, bench_topic, concurrency):
     row = run_row(benchmark, spec, bench_topic, rounds=ROUNDS)
     label = f"fastconsumer, 1 ms handler, concurrency {concurrency}"
     record_row(benchmark, f"fc_io_{concurrency}", label, row, io, **bench_topic.info())
+
+
+def test_fastconsumer_io_1ms_1024_cli(benchmark, bench_topic):
+    """Concurrency 1024 as ``python -m fastconsumer`` runs it (collector tuned): 1,024 suspended calls keep
+    thousands of young objects alive, and the default threshold collects them every few hundred messages."""
+    io = _io_ceiling(1024)
+    spec = {"what": "fastconsumer", "handler": "io_1ms", "options": {"concurrency": 1024}, "gc": "cli"}
+    row = run_row(benchmark, spec, bench_topic, rounds=ROUNDS)
+    label = "fastconsumer, 1 ms handler, concurrency 1024, collector tuned as the CLI does"
+    record_row(benchmark, "fc_io_1024_cli", label, row, io, **bench_topic.info())
 
 
 # -- the framework peers with 1 ms of I/O per message, against the same I/O ceiling
