@@ -46,6 +46,7 @@ class Fetcher:
         self.dispatcher = dispatcher
         self.stats = stats
         self.batch_size = settings.batch_size
+        self.concurrency = settings.concurrency
         self.ahead = LookAhead(source, scheduler, tracker, stats, settings)
         self.restarted = restarted
         self.exit_at_end = settings.exit_at_end
@@ -65,6 +66,7 @@ class Fetcher:
         tracker = self.tracker
         ahead = self.ahead
         batch_size = self.batch_size
+        slots = self.concurrency
         while dispatcher.phase is RUNNING:
             room = ahead.room()
             if room < ahead.step:
@@ -73,10 +75,13 @@ class Fetcher:
                 dispatcher.attention = True
                 await self._space.wait()
                 continue
-            # Half the room now (a batch at least), and the source may fetch the rest ahead while this is
-            # handled. Round trips to the source's thread cost a GIL handoff each, which waits while the
-            # loop is busy: batch-sized ones starved 1,024 handlers at 75k msgs/s.
-            wanted = max(min(batch_size, room), room // 2)
+            # A batch now, and the source may fetch more ahead while it is handled. With fewer held than
+            # handler slots, half the room: a round trip to the source's thread waits for the GIL while the
+            # loop is busy, and batch-sized ones starved 1,024 handlers at 75k msgs/s. (Not always: the
+            # thread holds the GIL while it makes the messages, which delays every handler's timers.)
+            wanted = min(batch_size, room)
+            if len(scheduler) < slots:
+                wanted = max(wanted, room // 2)
             messages = await source.fetch(wanted, room - wanted)
             if not messages:
                 ahead.look()  # the partitions not paused have nothing: maybe those that are may go on
