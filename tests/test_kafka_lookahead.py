@@ -69,3 +69,38 @@ def test_a_partition_holding_its_share_is_paused_while_the_others_flow_and_the_m
     assert handled == {p: PER_PARTITION for p in range(4)}
     ends = end_offsets(kafka_bootstrap, kafka_topic)
     assert committed_offsets(kafka_bootstrap, "paused", kafka_topic) == ends
+
+
+def test_a_slow_handler_does_not_make_librdkafka_drop_what_it_fetched_ahead(
+    kafka_bootstrap, kafka_topic, monkeypatch
+):
+    """A handler that holds the loop longer than the Kafka thread's poll timeout, batch after batch, is slow,
+    not stuck: the thread must not pause the partitions in librdkafka (a pause drops what librdkafka fetched
+    ahead, and every batch then waited about a second to come again from the broker). It polls on a
+    message at a time, and pauses only about a fetch response over what the engine allowed."""
+    from fastconsumer.sources.kafka.pauses import Pauses
+
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 20})
+    for i in range(60):
+        producer.produce(kafka_topic, b"%d" % i, partition=i % 4)
+    assert producer.flush(30) == 0
+    paused_all = []
+    apply = Pauses.apply
+
+    def recording(self, consumer, assignment, everything):
+        if everything:
+            paused_all.append(time.monotonic())
+        return apply(self, consumer, assignment, everything)
+
+    monkeypatch.setattr(Pauses, "apply", recording)
+
+    async def handler(msg):
+        time.sleep(0.03)  # blocks the loop: a batch of 5 holds it past the 0.1 s poll timeout
+
+    source = KafkaSource(kafka_bootstrap, [kafka_topic], "slow", from_beginning=True, poll_timeout=0.1)
+    consumer = Consumer(source, handler, concurrency=1, batch_size=5, exit_at_end=True)
+    consumer.start()
+    summary = consumer.join(120)
+    assert summary is not None and summary.handled == 60, summary
+    assert paused_all == [], f"paused in librdkafka {len(paused_all)} times while only slow"
+    assert sum(committed_offsets(kafka_bootstrap, "slow", kafka_topic).values()) == 60

@@ -202,9 +202,16 @@ class Client:
                     # The engine is busy, not full: keep fetching ahead, within what its cap allowed.
                     self._set_paused(consumer, False)
                     self._hold(consumer, room)
+                elif not self._over_cap():
+                    # Fetched ahead as far as allowed: poll on, a message at a time, so the member stays in
+                    # the group and rebalances are served. Not paused yet: a pause drops what librdkafka
+                    # fetched ahead, and a slow handler (a batch taking over poll_timeout) then waited
+                    # about a second for each batch to come again from the broker.
+                    self._set_paused(consumer, False)
+                    self._hold(consumer, 1)
                 else:
-                    # The engine is at its cap: pause, but keep polling so the member stays in the group
-                    # and rebalances are served.
+                    # About a fetch response over the cap (the engine is stuck, or very slow): pause, and
+                    # go on polling.
                     self._set_paused(consumer, True)
                     self._hold(consumer, 1000)
                 self._between(consumer)
@@ -317,6 +324,17 @@ class Client:
         if fresh:
             self._held.extend(self._pauses.park(consumer, fresh))
         return len(fresh)
+
+    def _over_cap(self) -> bool:
+        """Whether the messages held beyond what the engine allowed ahead come to about a fetch response
+        (``park_bytes``), sized by the first of them."""
+        over = len(self._held) - self._ahead
+        if over <= 0:
+            return False
+        first = self._held[self._ahead]
+        value, key = first.value(), first.key()
+        size = max(1, (len(value) if value else 0) + (len(key) if key else 0))
+        return over * size >= self._pauses.park_bytes
 
     def holding(self) -> bool:
         """Whether messages fetched and not delivered wait here, held ahead or parked for a paused partition
