@@ -912,21 +912,6 @@ cdef extern from "Python.h":
         PYGEN_ERROR
         PYGEN_NEXT
     PySendResult PyIter_Send(object iter, object arg, PyObject **presult)
-    ctypedef PySendResult (*sendfunc)(PyObject *iter, PyObject *arg, PyObject **presult)
-
-cdef extern from *:
-    """
-    static int fastconsumer_set_am_send(PyObject *type, sendfunc send) {
-        PyTypeObject *tp = (PyTypeObject *) type;
-        if (tp->tp_as_async == NULL) {
-            PyErr_SetString(PyExc_SystemError, "Resume has no async slots");
-            return -1;
-        }
-        tp->tp_as_async->am_send = send;
-        return 0;
-    }
-    """
-    int fastconsumer_set_am_send(object type, sendfunc send) except -1
     PyObject *PyObject_CallOneArg(object callable, object arg)  # NULL with an exception set: no try block
 
 
@@ -1026,18 +1011,3 @@ cdef class Resume:
 
     def close(self):
         self._coro.close()
-
-
-cdef PySendResult _resume_send(PyObject *obj, PyObject *arg, PyObject **presult) noexcept:
-    """Resume's am_send: what ``await`` (the SEND opcode) and a Task's step call, in C. A return is
-    PYGEN_RETURN, not a StopIteration raised and caught per message."""
-    cdef Resume resume = <Resume> obj
-    if not resume._started:
-        resume._started = True
-        Py_INCREF(resume._first)
-        presult[0] = <PyObject *> resume._first
-        return PYGEN_NEXT
-    return PyIter_Send(resume._coro, <object> arg, presult)
-
-
-fastconsumer_set_am_send(Resume, _resume_send)
