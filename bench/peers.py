@@ -30,49 +30,19 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer as KafkaConsumer
 from confluent_kafka import KafkaException, TopicPartition
 
-FAST_BACKOFF = {"fetch.queue.backoff.ms": 10}  # as bench.runners.FAST_BACKOFF: every librdkafka peer gets it
-TIMEOUT = 300.0  # seconds any one run may take before it counts as hung (bench.runners.TIMEOUT)
+from bench.timing import FAST_BACKOFF, TIMEOUT, Run, new_group
+
 POLL = 0.02  # seconds between two looks at a budget
 ARROYO_MAX_PENDING = 8  # RunTaskInThreads: max_pending_futures = this x concurrency (see arroyo_run)
 PYRALLEL_PYTHON_ENV = "FASTCONSUMER_PYRALLEL_PYTHON"
 REPO = Path(__file__).resolve().parents[1]
-
-
-def new_group(what: str) -> str:
-    return f"bench-{what}-{uuid.uuid4().hex[:12]}"
-
-
-@dataclass
-class Run:
-    """``bench.runners.Run`` (which this module cannot import, see above), plus whether it read the topic."""
-
-    messages: int
-    started: float  # just before the client was made
-    first: float  # first message handled
-    last: float  # last message handled (counted)
-    ended: float  # client closed
-    read_to_end: bool
-
-    def row(self) -> dict[str, Any]:
-        steady = self.last - self.first
-        return {
-            "messages": self.messages,
-            "msgs_per_s": self.messages / steady if steady > 0 else None,
-            "msgs_per_s_incl_join": self.messages / (self.last - self.started),
-            "join_s": round(self.first - self.started, 4),
-            "stop_s": round(self.ended - self.last, 4),
-            "elapsed_s": round(self.ended - self.started, 4),
-            "read_to_end": self.read_to_end,
-        }
 
 
 class Progress:
@@ -115,8 +85,10 @@ class Progress:
         self.stopped = True
         self._stop()
 
-    def run(self, ended: float) -> Run:
-        return Run(self.n, self.started, self.first, self.last, ended, self.n >= self.total)
+    def row(self, ended: float) -> dict[str, Any]:
+        """``Run.row()`` of what was handled, and whether that was the whole topic."""
+        run = Run(self.n, self.started, self.first, self.last, ended)
+        return {**run.row(), "read_to_end": self.n >= self.total}
 
 
 def committed_to_end(bootstrap: str, topic: str, group: str) -> dict[str, Any]:
@@ -224,7 +196,7 @@ def arroyo_run(
     ended = time.monotonic()
     if watch_error:
         raise TimeoutError(f"arroyo: {watch_error[0]}")
-    row = progress.run(ended).row()
+    row = progress.row(ended)
     return {**row, **committed_to_end(bootstrap, topic, group), "version": _version("sentry-arroyo", arroyo)}
 
 
@@ -287,7 +259,7 @@ async def pyrallel_run(
     finally:
         await consumer.stop()
     ended = time.monotonic()
-    row = progress.run(ended).row()
+    row = progress.row(ended)
     return {**row, **committed_to_end(bootstrap, topic, group), "version": _version("pyrallel-consumer")}
 
 

@@ -6,12 +6,11 @@ Every message passes through these three on its way to a handler and back, so th
 tests/test_core_differential.py runs both side by side); ``_core_c.pyi`` is this module's stub.
 """
 
-from collections import deque
 from types import GenericAlias
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject_Hash, PyTypeObject, Py_TYPE
-from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
+from cpython.ref cimport PyObject, Py_XDECREF
 from libc.stdint cimport INT64_MAX, int32_t, uint64_t
 from libc.string cimport memset
 

@@ -40,7 +40,7 @@ from fastconsumer.errors import ConfigError
 from fastconsumer.sources.base import Partition, SourceListener, SourceStats
 from fastconsumer.sources.kafka.commands import Close, Command, Commit, CommitSync, Fetch, Pause
 from fastconsumer.sources.kafka.config import SourceError, incremental, reason
-from fastconsumer.sources.kafka.pauses import Pauses
+from fastconsumer.sources.kafka.pauses import Pauses, size_of
 
 log = logging.getLogger("fastconsumer.kafka")
 librdkafka_log = logging.getLogger("fastconsumer.librdkafka")
@@ -331,10 +331,7 @@ class Client:
         over = len(self._held) - self._ahead
         if over <= 0:
             return False
-        first = self._held[self._ahead]
-        value, key = first.value(), first.key()
-        size = max(1, (len(value) if value else 0) + (len(key) if key else 0))
-        return over * size >= self._pauses.park_bytes
+        return over * size_of(self._held[self._ahead]) >= self._pauses.park_bytes
 
     def holding(self) -> bool:
         """Whether messages fetched and not delivered wait here, held ahead or parked for a paused partition

@@ -21,6 +21,12 @@ from confluent_kafka import Message, TopicPartition
 from fastconsumer.sources.base import Partition
 
 
+def size_of(msg: Message) -> int:
+    """A message's key and value in bytes (at least 1): what a count of its like is sized by."""
+    value, key = msg.value(), msg.key()
+    return max(1, (len(value) if value else 0) + (len(key) if key else 0))
+
+
 class Pauses:
     def __init__(self, park_bytes: int) -> None:
         self.park_bytes = park_bytes
@@ -87,8 +93,7 @@ class Pauses:
         parked = self.parked.get(key)
         if parked is None:
             parked = self.parked[key] = []
-            value, k = msg.value(), msg.key()
-            self._parked_bytes[key] = max(1, (len(value) if value else 0) + (len(k) if k else 0))
+            self._parked_bytes[key] = size_of(msg)
         parked.append(msg)
         return len(parked) * self._parked_bytes[key] >= self.park_bytes
 
