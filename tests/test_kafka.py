@@ -6,12 +6,17 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+import uuid
 from pathlib import Path
+
+from confluent_kafka import TopicPartition
 
 from fastconsumer import Consumer
 from fastconsumer.produce import produce
 from fastconsumer.sources import KafkaSource
-from tests.kafka_helpers import committed_offsets, end_offsets, start_cli
+from fastconsumer.sources.base import SourceListener
+from tests.kafka_helpers import committed_offsets, create_topic, delete_topic, end_offsets, start_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -171,3 +176,44 @@ def test_an_unreachable_broker_is_one_clear_error():
 
 def test_threads_left_behind_are_none():
     assert [t.name for t in threading.enumerate() if t.name.startswith("fastconsumer")] == []
+
+
+def test_a_commit_never_moves_a_partition_this_member_does_not_own(kafka_bootstrap, kafka_topic):
+    """The group takes a commit of any of its partitions from any member. A member that lost a partition
+    and committed it afterwards (a stop's final commit, retried after a broker restart) took the new
+    owner's offset back, and the soak saw those messages handled twice."""
+    other = f"t-{uuid.uuid4().hex}"
+    create_topic(kafka_bootstrap, other, partitions=1)
+
+    class Listener(SourceListener):
+        def on_commit(self, offsets, error):
+            pass
+
+        async def on_revoke(self, partitions):
+            return []
+
+        def on_lost(self, partitions):
+            pass
+
+        def on_assign(self, committed):
+            pass
+
+    async def main():
+        source = KafkaSource(kafka_bootstrap, [kafka_topic], "not-owned", from_beginning=True)
+        await source.open(Listener())
+        try:
+            deadline = time.monotonic() + 60
+            while len(source.assignment()) < 4:
+                assert time.monotonic() < deadline, "no assignment"
+                await source.fetch(100)
+            return await source.commit_sync([TopicPartition(kafka_topic, 0, 0), TopicPartition(other, 0, 7)])
+        finally:
+            await source.close()
+
+    try:
+        done = asyncio.run(main())
+        assert [(tp.topic, tp.partition, tp.offset) for tp in done] == [(kafka_topic, 0, 0)]
+        assert committed_offsets(kafka_bootstrap, "not-owned", other) == {}
+        assert committed_offsets(kafka_bootstrap, "not-owned", kafka_topic) == {0: 0}
+    finally:
+        delete_topic(kafka_bootstrap, other)

@@ -214,6 +214,7 @@ def _client() -> tuple[Client, asyncio.AbstractEventLoop]:
     loop = asyncio.new_event_loop()
     config = {"bootstrap.servers": "unused:9092", "partition.assignment.strategy": "cooperative-sticky"}
     client = Client(config, ["t"], Recorder(), loop, SourceStats(), connect_timeout=1.0, poll_timeout=0.01)
+    client.assignment = {("t", 0), ("t", 1)}
     return client, loop
 
 

@@ -306,6 +306,28 @@ def test_resends_of_a_revoked_partition_are_dropped(impl):
     assert committer.source.sent == []
 
 
+
+def test_a_partition_lost_while_the_final_commit_retries_is_left_out_of_the_retry(impl):
+    """The group takes a commit of any of its partitions from any member: a stopping member that lost a
+    partition (its session ran out during a broker restart) and committed it on its next try would take
+    the new owner's committed offset back, and its messages would be handled again."""
+    committer, stats = committer_owning([0, 1], impl)
+    synced = []
+
+    async def commit_sync(offsets):
+        synced.append([(tp.partition, tp.offset) for tp in offsets])
+        if len(synced) == 1:  # the coordinator fenced this member; the partition is lost before the retry
+            committer.tracker.drop("t", 0)
+            committer.reset([("t", 0)])
+            raise KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION))
+        return offsets
+
+    committer.source.commit_sync = commit_sync
+    asyncio.run(committer.commit_sync())
+    assert synced == [[(0, 0), (1, 0)], [(1, 0)]]
+    assert stats.committed == {("t", 1): 0}
+
+
 # -- memory
 
 

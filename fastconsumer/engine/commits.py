@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fastconsumer")
 
-Position = tuple[str, int, int]
-
 
 class Committer:
     def __init__(self, source: Source, tracker: OffsetTracker, stats: Stats, interval: float) -> None:
@@ -104,12 +102,16 @@ class Committer:
             error or next(tp.error for tp in failed if tp.error is not None),
         )
 
-    async def commit_sync(self, positions: Iterable[Position], attempts: int = 5) -> None:
-        """Commit and wait; a broker that is restarting gets a few tries with backoff before this fails."""
-        pending = self.with_metadata(((t, p), o) for t, p, o in positions)
-        if not pending:
-            return
+    async def commit_sync(self, attempts: int = 5) -> None:
+        """Commit the tracker's safe offsets and wait; a broker that is restarting gets a few tries with
+        backoff before this fails. A partition lost between tries is left out: it is not ours to commit,
+        and its next owner may be past it."""
+        pending = self.with_metadata(((t, p), o) for t, p, o in self.tracker.positions())
         for attempt in range(1, attempts + 1):
+            owned = set(self.tracker.partitions())
+            pending = [tp for tp in pending if (tp.topic, tp.partition) in owned]
+            if not pending:
+                return
             try:
                 done = await self.source.commit_sync(pending)
                 break

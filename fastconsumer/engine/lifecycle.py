@@ -185,7 +185,7 @@ class Run:
                 task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
         try:
-            await self.committer.commit_sync(self.tracker.positions())
+            await self.committer.commit_sync()
         except Exception as exc:
             log.error("final commit failed: %s", exc)
             if self.error is None:

@@ -108,7 +108,8 @@ class Source(abc.ABC):
     @abc.abstractmethod
     async def commit_sync(self, offsets: list[TopicPartition]) -> list[TopicPartition]:
         """Commit and wait; return the offsets as committed (a source may commit further than asked, past
-        offsets that hold no message, such as transaction markers). Raise if any partition failed."""
+        offsets that hold no message, such as transaction markers). A partition not assigned here any more
+        is left out of both. Raise if any partition failed."""
 
     def settle(self, messages: list[Message], outcome: Outcome) -> None:  # noqa: B027 - optional hook
         """How messages handed out by ``fetch`` ended, for a source that ``settles_messages`` (the others

@@ -237,6 +237,8 @@ class MemorySource(Source):
         self._loop.call_soon(self._listener.on_commit, offsets, None)
 
     async def commit_sync(self, offsets: list[TopicPartition]) -> list[TopicPartition]:
+        owned = self.assignment()
+        offsets = [tp for tp in offsets if (tp.topic, tp.partition) in owned]
         self.log.commit(self.group, offsets)
         self.stats.commits += 1
         return offsets

@@ -256,13 +256,13 @@ class Client:
             self._held = self._pauses.ask(command.partitions, command.paused, self.assignment, self._held)
             self._set_paused(consumer, self._pauses.everything)
         elif isinstance(command, CommitSync):
-            owned = set(self.assignment)
             self._await_commits(consumer, COMMIT_RETRY_S)
-            gone = owned - self.assignment  # revoked while waiting: the revoke committed them
-            offsets = [tp for tp in command.offsets if (tp.topic, tp.partition) not in gone]
+            # Only what is assigned now: a partition revoked meanwhile was committed by its revoke, and one
+            # lost may have an owner past this offset (the group takes a commit of any of its partitions).
+            offsets = [tp for tp in command.offsets if (tp.topic, tp.partition) in self.assignment]
             for tp in offsets:  # older than this commit: never to be sent after it
                 self._queued.pop((tp.topic, tp.partition), None)
-            done = self._commit_sync(consumer, self._settle(consumer, offsets), COMMIT_RETRY_S)
+            done = self._commit_sync(consumer, self._settle(consumer, offsets), COMMIT_RETRY_S) if offsets else []
             failed = [tp for tp in done if tp.error is not None]
             if failed:  # some partitions of a commit that did not fail as a whole
                 error = failed[0].error
