@@ -306,7 +306,6 @@ def test_resends_of_a_revoked_partition_are_dropped(impl):
     assert committer.source.sent == []
 
 
-
 def test_a_partition_lost_while_the_final_commit_retries_is_left_out_of_the_retry(impl):
     """The group takes a commit of any of its partitions from any member: a stopping member that lost a
     partition (its session ran out during a broker restart) and committed it on its next try would take

@@ -262,7 +262,9 @@ class Client:
             offsets = [tp for tp in command.offsets if (tp.topic, tp.partition) in self.assignment]
             for tp in offsets:  # older than this commit: never to be sent after it
                 self._queued.pop((tp.topic, tp.partition), None)
-            done = self._commit_sync(consumer, self._settle(consumer, offsets), COMMIT_RETRY_S) if offsets else []
+            done = []
+            if offsets:
+                done = self._commit_sync(consumer, self._settle(consumer, offsets), COMMIT_RETRY_S)
             failed = [tp for tp in done if tp.error is not None]
             if failed:  # some partitions of a commit that did not fail as a whole
                 error = failed[0].error
