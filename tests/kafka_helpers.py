@@ -230,9 +230,10 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 60.0) -> list[Messag
 
 
 def start_cli(
-    bootstrap: str, topic: str, group: str, *args: str, env: dict | None = None
+    bootstrap: str, topic: str, group: str, *args: str, env: dict | None = None, share: bool = False
 ) -> subprocess.Popen:
-    """``python -m fastconsumer`` on a topic, from the beginning, with stdout and stderr piped."""
+    """``python -m fastconsumer`` on a topic, from the beginning, with stdout and stderr piped; as a member
+    of the share group ``group`` if ``share``."""
     return subprocess.Popen(
         [
             sys.executable,
@@ -242,7 +243,7 @@ def start_cli(
             bootstrap,
             "--topic",
             topic,
-            "--group",
+            "--share-group" if share else "--group",
             group,
             "--from-beginning",
             *args,

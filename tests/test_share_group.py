@@ -25,7 +25,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, ConfigResource
 
 from fastconsumer import Consumer, KafkaShareSource
-from tests.kafka_helpers import BROKER_PY, create_topic, delete_topic, read_topic, retrying
+from tests.kafka_helpers import BROKER_PY, create_topic, delete_topic, read_topic, retrying, start_cli
 
 WAIT = 60.0  # seconds any condition below may take at most: a failure, never a sleep
 
@@ -119,34 +119,22 @@ def read_log(path: Path) -> list[dict]:
 
 
 def start_member(bootstrap: str, topic: str, group: str, log: Path, *args: str, **env: str):
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fastconsumer",
-            "--bootstrap-servers",
-            bootstrap,
-            "--topic",
-            topic,
-            "--share-group",
-            group,
-            "--from-beginning",
-            "--handler",
-            "tests.test_share_group:record",
-            "--json",
-            "--concurrency",
-            "4",
-            "--share-consumers",
-            "2",
-            "-X",
-            "max.poll.records=10",
-            *args,
-        ],
-        cwd=BROKER_PY.parents[1],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "SHARE_LOG": str(log), **env},
+    return start_cli(
+        bootstrap,
+        topic,
+        group,
+        "--handler",
+        "tests.test_share_group:record",
+        "--json",
+        "--concurrency",
+        "4",
+        "--share-consumers",
+        "2",
+        "-X",
+        "max.poll.records=10",
+        *args,
+        env={"SHARE_LOG": str(log), **env},
+        share=True,
     )
 
 
