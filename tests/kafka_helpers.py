@@ -28,6 +28,8 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from fastconsumer.sources.base import Source, SourceListener
+
 TIMEOUT = 30.0  # seconds for any one broker request or wait
 BROKER_PY = Path(__file__).resolve().parents[1] / "dev" / "broker.py"
 T = TypeVar("T")
@@ -270,3 +272,30 @@ def session_broker() -> Iterator[str]:
         yield broker.bootstrap
     finally:
         broker.stop()
+
+
+class Recorder(SourceListener):
+    """A source's listener that keeps the commit results and lets every partition go at once."""
+
+    def __init__(self) -> None:
+        self.commits: list[tuple[list[TopicPartition], KafkaException | None]] = []
+
+    def on_commit(self, offsets, error):
+        self.commits.append((offsets, error))
+
+    async def on_revoke(self, partitions):
+        return []
+
+    def on_lost(self, partitions):
+        pass
+
+    def on_assign(self, committed):
+        pass
+
+
+async def assigned(source: Source, partitions: int, timeout: float = 60.0) -> None:
+    """Fetch until ``source`` owns ``partitions`` partitions."""
+    deadline = time.monotonic() + timeout
+    while len(source.assignment()) < partitions:
+        assert time.monotonic() < deadline, "no assignment"
+        await source.fetch(100)

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -15,8 +14,15 @@ from confluent_kafka import TopicPartition
 from fastconsumer import Consumer
 from fastconsumer.produce import produce
 from fastconsumer.sources import KafkaSource
-from fastconsumer.sources.base import SourceListener
-from tests.kafka_helpers import committed_offsets, create_topic, delete_topic, end_offsets, start_cli
+from tests.kafka_helpers import (
+    Recorder,
+    assigned,
+    committed_offsets,
+    create_topic,
+    delete_topic,
+    end_offsets,
+    start_cli,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -185,27 +191,11 @@ def test_a_commit_never_moves_a_partition_this_member_does_not_own(kafka_bootstr
     other = f"t-{uuid.uuid4().hex}"
     create_topic(kafka_bootstrap, other, partitions=1)
 
-    class Listener(SourceListener):
-        def on_commit(self, offsets, error):
-            pass
-
-        async def on_revoke(self, partitions):
-            return []
-
-        def on_lost(self, partitions):
-            pass
-
-        def on_assign(self, committed):
-            pass
-
     async def main():
         source = KafkaSource(kafka_bootstrap, [kafka_topic], "not-owned", from_beginning=True)
-        await source.open(Listener())
+        await source.open(Recorder())
         try:
-            deadline = time.monotonic() + 60
-            while len(source.assignment()) < 4:
-                assert time.monotonic() < deadline, "no assignment"
-                await source.fetch(100)
+            await assigned(source, 4)
             return await source.commit_sync([TopicPartition(kafka_topic, 0, 0), TopicPartition(other, 0, 7)])
         finally:
             await source.close()

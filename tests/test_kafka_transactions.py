@@ -13,11 +13,11 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from fastconsumer import Consumer, metrics
 from fastconsumer.sources import KafkaSource
-from fastconsumer.sources.base import SourceListener, SourceStats
+from fastconsumer.sources.base import SourceStats
 from fastconsumer.sources.kafka import client as kafka_client
 from fastconsumer.sources.kafka.client import Client
 from fastconsumer.sources.kafka.commands import Close, Commit, CommitSync
-from tests.kafka_helpers import committed_offsets, end_offsets, produce_transactions
+from tests.kafka_helpers import Recorder, assigned, committed_offsets, end_offsets, produce_transactions
 from tests.test_operations import get, per_partition, scrape, wait_until
 
 WAIT = 60.0
@@ -99,30 +99,6 @@ def test_transactional_topic_lag_reaches_zero_and_ready(kafka_bootstrap, kafka_t
     assert sorted(handled) == committed_values()
 
 
-class Recorder(SourceListener):
-    def __init__(self) -> None:
-        self.commits: list[tuple[list[TopicPartition], KafkaException | None]] = []
-
-    def on_commit(self, offsets, error):
-        self.commits.append((offsets, error))
-
-    async def on_revoke(self, partitions):
-        return []
-
-    def on_lost(self, partitions):
-        pass
-
-    def on_assign(self, committed):
-        pass
-
-
-async def _assigned(source: KafkaSource, partitions: int) -> None:
-    deadline = time.monotonic() + WAIT
-    while len(source.assignment()) < partitions:
-        assert time.monotonic() < deadline, "no assignment"
-        await source.fetch(100)
-
-
 def test_commit_sync_returns_the_offsets_as_committed_past_markers(kafka_bootstrap, kafka_topic):
     produce_transactions(kafka_bootstrap, kafka_topic, [(True, [(0, b"a"), (0, b"b")]), (False, [(0, b"c")])])
     ends = end_offsets(kafka_bootstrap, kafka_topic)
@@ -161,7 +137,7 @@ def test_a_commit_failing_for_one_partition_is_reported_with_that_partition(kafk
         listener = Recorder()
         await source.open(listener)
         try:
-            await _assigned(source, 4)
+            await assigned(source, 4)
             with pytest.raises(KafkaException) as raised:
                 await source.commit_sync([good, bad])
             source.commit([good, bad])
