@@ -2,9 +2,12 @@
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from confluent_kafka import Producer
@@ -12,6 +15,7 @@ from confluent_kafka import Producer
 from fastconsumer import Consumer
 from fastconsumer.produce import produce
 from fastconsumer.sources import KafkaSource
+from fastconsumer.sources.kafka import source as kafka_source
 from tests.kafka_helpers import (
     committed_offsets,
     create_topic,
@@ -158,3 +162,36 @@ def test_the_consumer_rides_out_a_broker_restart(tmp_path):
         ends = end_offsets(bootstrap, "restart")
         assert handled == {(p, o) for p, end in ends.items() for o in range(end)}
         assert committed_offsets(bootstrap, "restart", "restart") == ends
+
+
+def test_a_stop_does_not_wait_on_a_broker_that_stopped_answering(monkeypatch, caplog):
+    """Once every message is handled and committed, a stop has nothing left that needs the broker but
+    leaving the group. A broker that stopped answering (here frozen with SIGSTOP; in the soak, a member
+    whose coordinator connection stayed down through a restart) held librdkafka's close, and so the stop,
+    for its request timeout: 60 s. The close is bounded (CLOSE_TIMEOUT_S; 0.5 s here)."""
+    monkeypatch.setattr(kafka_source, "CLOSE_TIMEOUT_S", 0.5)
+    with local_broker_module().LocalBroker() as broker:
+        bootstrap = broker.bootstrap
+        create_topic(bootstrap, "frozen", 2)
+        produce(bootstrap, "frozen", 100, keys=10)
+
+        async def handler(msg):
+            pass
+
+        source = KafkaSource(bootstrap, ["frozen"], "frozen", from_beginning=True)
+        consumer = Consumer(source, handler, commit_interval=0.1)
+        consumer.start()
+        deadline = time.monotonic() + 60
+        while sum(consumer.stats.committed.values()) < 100:  # everything committed: the stop commits nothing
+            assert time.monotonic() < deadline, f"committed {consumer.stats.committed}"
+            time.sleep(0.05)  # polling a counter the consumer's thread moves
+        os.kill(broker.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            summary = consumer.stop()
+            took = time.monotonic() - started
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+    assert summary is not None and summary.error is None and summary.handled == 100
+    assert took < 4.0  # librdkafka's own LeaveGroup timeout alone is 5 s
+    assert "leaving group 'frozen' did not finish within 0.5 s" in caplog.text

@@ -93,7 +93,10 @@ def _resolve(
         if not fut.done():
             fut.set_exception(value) if error else fut.set_result(value)
 
-    loop.call_soon_threadsafe(apply)
+    try:
+        loop.call_soon_threadsafe(apply)
+    except RuntimeError:  # the loop is closed: nobody waits any more (a close that ran out of time)
+        pass
 
 
 class Client:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
@@ -15,6 +16,14 @@ from fastconsumer.sources.kafka.commands import Close, Command, Commit, CommitSy
 from fastconsumer.sources.kafka.config import SourceError, with_defaults
 
 EARLIEST = ("earliest", "smallest", "beginning")
+#: Seconds ``close()`` waits for librdkafka to leave the group. It takes far less: the revoke's commit is
+#: tried for 3 s and the LeaveGroup request times out after 5 s. But a member whose coordinator connection
+#: stayed down through a broker restart waited for a request queued behind it, 60 s (``socket.timeout.ms``),
+#: and its stop with it; past this the member goes without leaving, and the group drops it when its session
+#: times out.
+CLOSE_TIMEOUT_S = 15.0
+
+log = logging.getLogger("fastconsumer")
 
 T = TypeVar("T")
 
@@ -130,8 +139,17 @@ class KafkaSource(Source):
         client = self._client
         if client is None or client.thread is None or not client.thread.is_alive():
             return
-        await self._ask(Close)
-        await asyncio.to_thread(client.thread.join)
+        try:
+            await asyncio.wait_for(self._ask(Close), CLOSE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            log.warning(
+                "leaving group %r did not finish within %g s (is its coordinator reachable?): stopping "
+                "without it; the group drops this member when its session times out",
+                self.group,
+                CLOSE_TIMEOUT_S,
+            )
+        else:
+            await asyncio.to_thread(client.thread.join)  # the thread ends right after the close
         client.assignment = set()
 
     async def _ask(self, command: Callable[[asyncio.Future[T]], Command]) -> T:
