@@ -276,7 +276,12 @@ def run(
             return committed_offsets(bootstrap, soak.group, topic) == end_offsets(bootstrap, topic)
 
         caught_up = wait_until(caught_up_now, 120.0)
-        soak.note("caught up" if caught_up else "not caught up")
+        if caught_up:
+            soak.note("caught up")
+        else:  # which partitions, and how far: the members' logs say what they think they committed
+            now, ends_now = committed_offsets(bootstrap, soak.group, topic), end_offsets(bootstrap, topic)
+            behind = {p: (now.get(p), end) for p, end in ends_now.items() if now.get(p) != end}
+            soak.note(f"not caught up: (committed, end) of {behind}")
         wait_until(lambda: all(m.ready() for m in soak.live()), 60.0)
         for member in soak.live():
             soak.stop_member(member, "final")

@@ -281,6 +281,28 @@ def test_a_failed_commit_is_not_sent_again_once_a_newer_one_succeeded(impl):
     assert stats.committed == {("t", 0): 20} and stats.commit_failures == 1
 
 
+def test_a_failed_commit_is_not_sent_again_once_a_newer_one_was_sent(impl):
+    """Commit 10 fails (a rebalance fenced it) while 20 is already on its way. Sending 10 again would land
+    after 20 and take the group's offset back, with nothing to move it on once the partition is idle: the
+    soak found a group left at the failed offsets while the member's stats said it had committed the end."""
+    committer, stats = committer_owning([0], impl)
+    tracker = committer.tracker
+    for offset in range(1, 25):
+        tracker.track("t", 0, offset)
+    for offset in range(10):
+        tracker.ack("t", 0, offset)
+    committer.commit()
+    for offset in range(10, 20):
+        tracker.ack("t", 0, offset)
+    committer.commit()
+    committer.on_commit([TP("t", 0, 10)], KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION)))
+    committer.commit()
+    committer.on_commit([TP("t", 0, 20)], None)
+    committer.commit()
+    assert committer.source.sent == [[(0, 10)], [(0, 20)]]
+    assert stats.committed == {("t", 0): 20}
+
+
 def test_a_late_result_never_moves_the_committed_offset_back(impl):
     committer, stats = committer_owning([0], impl)
     committer.on_commit([TP("t", 0, 20)], None)

@@ -2,7 +2,8 @@
 
 Only the tracker's safe offsets are committed, so no commit passes a message that was not handled. A
 partition's committed offset never goes backwards: a failed commit is sent again only while nothing newer
-succeeded, and the ``committed`` the stats report moves only on a successful result, and only forward.
+was sent (that one's result decides), and the ``committed`` the stats report moves only on a successful
+result, and only forward.
 
 Each commit carries, in its metadata, the offsets above the committed one that are handled already
 (``fastconsumer/offsetmap.py``), so that a member that gets the partition next (after a crash, or a revoke
@@ -37,6 +38,7 @@ class Committer:
         self.stats = stats
         self.interval = interval
         self._resend: dict[Partition, int] = {}  # offsets whose asynchronous commit failed
+        self._sent: dict[Partition, int] = {}  # the highest offset sent asynchronously
         self._noted: dict[Partition, tuple[int, int]] = {}  # (offset, handled above it) as last committed
 
     async def loop(self) -> None:
@@ -61,6 +63,11 @@ class Committer:
             self._resend.clear()
         ahead = self.with_metadata(offsets.items())
         if ahead:
+            sent = self._sent
+            for tp in ahead:
+                key = (tp.topic, tp.partition)
+                if tp.offset > sent.get(key, -1):
+                    sent[key] = tp.offset
             self.source.commit(ahead)
 
     def with_metadata(self, offsets: Iterable[tuple[Partition, int]]) -> list[TopicPartition]:
@@ -94,7 +101,9 @@ class Committer:
         owned = set(self.tracker.partitions())
         for tp in failed:
             key = (tp.topic, tp.partition)
-            if key in owned and tp.offset > committed.get(key, -1):
+            # Not once a newer offset was sent: it would land after that one and take the group's offset
+            # back. The newer one's own result decides.
+            if key in owned and committed.get(key, -1) < tp.offset >= self._sent.get(key, -1):
                 self._resend[key] = max(tp.offset, self._resend.get(key, -1))
         log.warning(
             "commit of %s failed; sending it again with the next one: %s",
@@ -128,12 +137,14 @@ class Committer:
         for key in partitions:
             self._resend.pop(key, None)
             self._noted.pop(key, None)
+            self._sent.pop(key, None)
 
     def reset(self, partitions: Iterable[Partition]) -> None:
         """Lost partitions, and ones whose offsets restarted lower: what was committed is not known."""
         for key in partitions:
             self._resend.pop(key, None)
             self._noted.pop(key, None)
+            self._sent.pop(key, None)
             self.stats.committed.pop(key, None)
 
     def _committed(self, offsets: Iterable[TopicPartition]) -> None:
