@@ -189,6 +189,8 @@ class Client:
         try:
             self._serve(consumer)
         except BaseException as exc:  # surfaces through the next fetch and stops the run
+            if loop.is_closed():  # the run ended without waiting for this close (CLOSE_TIMEOUT_S)
+                return
             log.exception("the Kafka consumer thread failed")
             self.failure = exc
             self._fail_pending(exc)
