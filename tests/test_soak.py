@@ -29,6 +29,12 @@ def test_a_short_soak_keeps_the_invariants(tmp_path):
     from bench.soak import table
 
     print(f"\n{' '.join(cmd[1:])}\n{table(summary)}")
+    if not summary["ok"]:  # what a CI run's output must hold to find the cause: the workdir is gone then
+        print("events:", *summary["events"], sep="\n  ")
+        for log in sorted(tmp_path.glob("m*.log")):
+            lines = log.read_text().splitlines()
+            said = [line for line in lines if "Connect to" not in line and " 0/s " not in line]
+            print(f"-- {log.name}: its end, without reconnects and idle progress", *said[-15:], sep="\n")
     assert summary["broker_restarts"] == 1 and summary["kills"] >= 1 and summary["leaves"] >= 1
     assert summary["produce_failures"] == 0
     assert summary["lost"] == 0, summary["lost_examples"]
