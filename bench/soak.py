@@ -244,10 +244,7 @@ def run(
             left = soak.t0 + at - time.monotonic()
             if left > 0:
                 time.sleep(left)  # the schedule of the chaos
-            live = soak.live()
-            if kind in ("leave", "kill") and len(live) <= 1:
-                kind = "join"
-            if kind == "join" and len(live) >= members + 2:
+            if kind == "join" and len(soak.live()) >= members + 2:
                 kind = rng.choice(("leave", "kill"))
             say(f"{time.monotonic() - soak.t0:5.1f} s: {kind}")
             if kind == "join":
@@ -258,11 +255,14 @@ def run(
                 soak.note("broker restart")
                 broker.restart()
                 restart_s = time.monotonic() - t
-            else:
+            else:  # every planned leave and kill happens: the test counts on at least one of each
+                if len(soak.live()) <= 1:  # one stays to consume
+                    soak.start_member()
+                if kind == "leave":  # only a member past its start-up stops gracefully
+                    wait_until(lambda: any(m.ready() for m in soak.live()), 60.0)
+                live = soak.live()
                 ready = [m for m in live if m.ready()]
-                if kind == "leave" and not ready:  # only a member past its start-up stops gracefully
-                    kind = "kill"
-                soak.stop_member(rng.choice(ready if kind == "leave" else live), kind)
+                soak.stop_member(rng.choice(ready if kind == "leave" and ready else live), kind)
         left = soak.t0 + seconds - time.monotonic()
         if left > 0:
             time.sleep(left)

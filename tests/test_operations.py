@@ -354,3 +354,46 @@ def test_merge_sums_counters_and_keeps_the_last_owners_offsets():
     ]
     assert merged["elapsed_s"] == 4.0 and merged["rate"] == 4.0
     assert merged["error"] == "boom" and merged["processes"] == 2
+
+
+class FakeChild:
+    """A child that ends when the test says so, or when it is signalled (and then says so itself)."""
+
+    def __init__(self, group, index, config_error=None):
+        self.group, self.index, self.config_error = group, index, config_error
+        self.returncode = None
+        self.signals = []
+
+    def end(self, code):
+        self.returncode = code
+        self.group.ended.put(self.index)
+
+    def signal(self, signum):
+        self.signals.append(signum)
+        if self.returncode is None:
+            self.end(0)
+
+
+def test_processes_leave_a_refused_configuration_to_each_child_and_stop_them_after_a_grace(monkeypatch):
+    # A configuration error is the same in every child: they refuse it by themselves, unsignalled (a
+    # signal would add their "stopping" lines to the one error). One that does not is stopped later.
+    monkeypatch.setattr(supervisor, "CONFIG_ERROR_GRACE_S", 0.2)
+    group = supervisor.Group(3)
+    group.children = [FakeChild(group, i, "bad -X") for i in range(3)]
+    group.children[1].end(2)
+    group.children[0].end(2)
+    group.children[2].end(2)
+    group.wait()
+    assert [c.signals for c in group.children] == [[], [], []]
+
+    group = supervisor.Group(2)
+    group.children = [FakeChild(group, 0, "bad -X"), FakeChild(group, 1)]
+    group.children[0].end(2)
+    group.wait()  # returns: the one that did not follow was stopped after the grace
+    assert group.children[1].signals == [signal.SIGTERM]
+
+    group = supervisor.Group(2)  # any other failure stops the others at once
+    group.children = [FakeChild(group, 0), FakeChild(group, 1)]
+    group.children[0].end(1)
+    group.wait()
+    assert group.children[1].signals == [signal.SIGTERM]

@@ -47,6 +47,7 @@ log = logging.getLogger("fastconsumer")
 # What a child says on its stdout, a JSON object per line: besides its --json summary, one of these.
 METRICS = "metrics"  # {"metrics": url}: where it serves its metrics
 CONFIG_ERROR = "config_error"  # {"config_error": message}: it refused its configuration (exit 2)
+CONFIG_ERROR_GRACE_S = 10.0  # how long the others get to refuse the same configuration by themselves
 
 COUNTERS = (
     "consumed",
@@ -174,18 +175,27 @@ class Group:
             child.signal(signum)
 
     def wait(self) -> None:
-        """Until every child ended; the first to fail stops the others."""
+        """Until every child ended; the first to fail stops the others. One that refused its configuration
+        is left to the others to follow: they refuse the same arguments as they open, and a signal then
+        would only add their "stopping" lines to the one error (they are stopped after a grace)."""
         remaining = self.size
+        grace: float | None = None
         while remaining:
-            child = self.children[self.ended.get()]
-            remaining -= 1
-            if child.returncode != 0 and not self.stopping and remaining:
-                if child.config_error is None:  # a configuration error is reported once, at the end
-                    log.error(
-                        "process %d exited with code %s; stopping the others", child.index, child.returncode
-                    )
-                self.stopping = True
+            try:
+                child = self.children[self.ended.get(timeout=grace)]
+            except queue.Empty:
+                grace, self.stopping = None, True
                 self.stop_all(signal.SIGTERM)
+                continue
+            remaining -= 1
+            if child.returncode == 0 or self.stopping or not remaining:
+                continue
+            if child.config_error is not None:  # reported once, at the end
+                grace = CONFIG_ERROR_GRACE_S
+                continue
+            log.error("process %d exited with code %s; stopping the others", child.index, child.returncode)
+            self.stopping = True
+            self.stop_all(signal.SIGTERM)
 
     def close(self) -> None:
         for child in self.children:
