@@ -25,7 +25,16 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, ConfigResource
 
 from fastconsumer import Consumer, KafkaShareSource
-from tests.kafka_helpers import BROKER_PY, create_topic, delete_topic, read_topic, retrying, start_cli
+from fastconsumer.sources.kafka import share as share_source
+from tests.kafka_helpers import (
+    BROKER_PY,
+    create_topic,
+    delete_topic,
+    local_broker_module,
+    read_topic,
+    retrying,
+    start_cli,
+)
 
 WAIT = 60.0  # seconds any condition below may take at most: a failure, never a sleep
 
@@ -322,6 +331,39 @@ def test_sigkilled_members_records_come_back_after_the_lock(kafka_bootstrap, sha
     again = {e["v"]: e["dc"] for e in read_log(log) if e["v"] in taken}
     assert again and all(dc >= 2 for dc in again.values()), again
     assert summary["acknowledged"]["redelivered"] >= len(again)
+
+
+def test_a_stop_does_not_wait_on_a_broker_that_stopped_answering(monkeypatch, caplog):
+    """A share consumer's close waits out its request timeout (60 s) on a broker that stopped answering
+    (here frozen with SIGSTOP), and the stop with it. The close is bounded (CLOSE_TIMEOUT_S; 0.5 s here):
+    what it did not acknowledge, the broker hands out again when the locks expire."""
+    monkeypatch.setattr(share_source, "CLOSE_TIMEOUT_S", 0.5)
+    with local_broker_module().LocalBroker() as broker:
+        bootstrap = broker.bootstrap
+        create_topic(bootstrap, "frozen", partitions=1)
+        group = f"sg-{uuid.uuid4().hex}"
+        group_config(bootstrap, group, share_auto_offset_reset="earliest")
+        produce(bootstrap, "frozen", [f"r{i}" for i in range(50)])
+        handled: set[str] = set()
+
+        async def handler(msg):
+            handled.add(msg.value().decode())
+
+        consumer = Consumer(KafkaShareSource(bootstrap, ["frozen"], group), handler, ordering="unordered")
+        consumer.start()
+        try:
+            wait_for(lambda: len(handled) == 50, "every record handled")
+        finally:
+            os.kill(broker.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                summary = consumer.stop()
+                took = time.monotonic() - started
+            finally:
+                os.kill(broker.pid, signal.SIGCONT)
+    assert summary is not None and summary.error is None and summary.handled == 50
+    assert took < 4.0
+    assert f"leaving share group {group!r} did not finish within 0.5 s" in caplog.text
 
 
 # -- flags a share group refuses

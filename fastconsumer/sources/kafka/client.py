@@ -86,9 +86,11 @@ class _ClientLog:
             librdkafka_log.log(level, msg, *args)
 
 
-def _resolve(
+def resolve(
     loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], value: Any, error: bool = False
 ) -> None:
+    """Settle ``fut`` from the client's thread, unless its loop is closed."""
+
     def apply() -> None:
         if not fut.done():
             fut.set_exception(value) if error else fut.set_result(value)
@@ -161,7 +163,7 @@ class Client:
                 callbacks["stats_cb"] = self._on_stats
             consumer = KafkaConsumer({**self.config, **callbacks}, logger=client_log)
         except (KafkaException, ValueError, TypeError) as exc:
-            _resolve(loop, opened, ConfigError(f"invalid Kafka consumer property: {reason(exc)}"), error=True)
+            resolve(loop, opened, ConfigError(f"invalid Kafka consumer property: {reason(exc)}"), error=True)
             return
         client_log.connecting = True
         try:
@@ -172,7 +174,7 @@ class Client:
                 f"cannot reach Kafka at {self.bootstrap_servers} within {self.connect_timeout:g} s: "
                 "check --bootstrap-servers and that the broker is up"
             )
-            _resolve(loop, opened, error, error=True)
+            resolve(loop, opened, error, error=True)
             return
         finally:
             client_log.connecting = False
@@ -180,12 +182,12 @@ class Client:
         if missing:
             consumer.close()
             where = self.bootstrap_servers
-            _resolve(loop, opened, ConfigError(f"topic {missing[0]!r} does not exist on {where}"), error=True)
+            resolve(loop, opened, ConfigError(f"topic {missing[0]!r} does not exist on {where}"), error=True)
             return
         consumer.subscribe(
             self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
-        _resolve(loop, opened, None)
+        resolve(loop, opened, None)
         try:
             self._serve(consumer)
         except BaseException as exc:  # surfaces through the next fetch and stops the run
@@ -226,10 +228,10 @@ class Client:
                 self._apply(consumer, command)
             except KafkaException as exc:
                 if reply is not None:  # the engine decides: a failed fetch stops the run
-                    _resolve(loop, reply, exc, error=True)
+                    resolve(loop, reply, exc, error=True)
             except BaseException as exc:
                 if reply is not None:
-                    _resolve(loop, reply, RuntimeError(f"Kafka consumer thread failed: {exc!r}"), error=True)
+                    resolve(loop, reply, RuntimeError(f"Kafka consumer thread failed: {exc!r}"), error=True)
                 raise
             if isinstance(command, Close):
                 return
@@ -276,12 +278,12 @@ class Client:
                 assert error is not None
                 reason = f"commit of {_offsets(failed)} failed: {error.str()}"
                 raise KafkaException(KafkaError(error.code(), reason))
-            _resolve(loop, command.reply, done)
+            resolve(loop, command.reply, done)
         else:
             try:
                 consumer.close()  # leaves the group: the revoke callback commits what is safe
             finally:
-                _resolve(loop, command.reply, None)
+                resolve(loop, command.reply, None)
 
     def _fetch(self, consumer: KafkaConsumer, command: Fetch) -> None:
         wanted = command.wanted
@@ -291,7 +293,7 @@ class Client:
             # belong to the next owner); what it returns was fetched after it, from the partitions owned now.
             self._hold(consumer, wanted - len(self._held))
         messages, self._held = self._held[:wanted], self._held[wanted:]
-        _resolve(self._loop, command.reply, messages)
+        resolve(self._loop, command.reply, messages)
         if messages:
             self._note_delivered(messages)
         # Fetch the next batch while the loop handles this one (librdkafka waits without the GIL).
@@ -672,7 +674,7 @@ class Client:
             except queue.Empty:
                 return
             if not isinstance(command, (Commit, Pause)):
-                _resolve(loop, command.reply, failure, error=True)
+                resolve(loop, command.reply, failure, error=True)
 
 
 async def _call(fn: Any, *args: Any) -> Any:

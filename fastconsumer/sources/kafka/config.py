@@ -18,6 +18,15 @@ DEFAULTS: dict[str, Any] = {
     "fetch.wait.max.ms": 100,
 }
 
+#: Seconds ``close()`` waits for librdkafka to leave the group. It takes far less: the revoke's commit is
+#: tried for 3 s and the LeaveGroup request times out after 5 s. But a member whose coordinator connection
+#: stayed down through a broker restart waited over 60 s, and its stop with it (librdkafka's close can go on
+#: looking for a coordinator that does not answer: confluentinc/librdkafka#3740, open); a share consumer
+#: facing a broker that stopped answering waits out its request timeout, 60 s. Past this the member goes
+#: without leaving: the group drops it when its session times out, and a share group's broker releases its
+#: records when their locks expire.
+CLOSE_TIMEOUT_S = 15.0
+
 #: Set only under the classic group protocol: with ``group.protocol=consumer`` (KIP-848) the broker assigns
 #: partitions and librdkafka refuses ``partition.assignment.strategy`` (and ``session.timeout.ms``,
 #: ``heartbeat.interval.ms``, ``group.protocol.type``, which the broker holds too), so none is set there.

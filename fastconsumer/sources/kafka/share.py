@@ -40,7 +40,8 @@ from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, Config
 from fastconsumer.errors import ConfigError
 from fastconsumer.policy import Outcome
 from fastconsumer.sources.base import Partition, Source, SourceListener
-from fastconsumer.sources.kafka.config import SourceError, reason
+from fastconsumer.sources.kafka.client import resolve
+from fastconsumer.sources.kafka.config import CLOSE_TIMEOUT_S, SourceError, reason
 from fastconsumer.sources.kafka.share_member import Ack as AckCommand
 from fastconsumer.sources.kafka.share_member import Flush, Member, Stop, librdkafka_log
 
@@ -278,10 +279,20 @@ class KafkaShareSource(Source):
     async def close(self) -> None:
         members, self._members = self._members, []
         alive = [m for m in members if m.thread.is_alive()]
-        results = await asyncio.gather(*(self._ask(m, Stop) for m in alive), return_exceptions=True)
-        for member in members:
-            await asyncio.to_thread(member.thread.join)
+        stops = asyncio.gather(*(self._ask(m, Stop) for m in alive), return_exceptions=True)
         self._seen = set()
+        try:
+            results = await asyncio.wait_for(stops, CLOSE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            log.warning(
+                "leaving share group %r did not finish within %g s (is the broker reachable?): stopping "
+                "without it; the broker hands this member's records to others when their locks expire",
+                self.group,
+                CLOSE_TIMEOUT_S,
+            )
+            return
+        for member in members:
+            await asyncio.to_thread(member.thread.join)  # each ends right after its close
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise SourceError(f"closing the share consumers failed: {reason(errors[0])}") from errors[0]
@@ -349,8 +360,11 @@ class KafkaShareSource(Source):
 
     def wake(self) -> None:
         loop, arrived = self._loop, self._arrived
-        if loop is not None and arrived is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(arrived.set)
+        if loop is not None and arrived is not None:
+            try:
+                loop.call_soon_threadsafe(arrived.set)
+            except RuntimeError:  # the loop is closed: nobody waits any more (a close that ran out of time)
+                pass
 
     # -- internals
 
@@ -376,12 +390,7 @@ class KafkaShareSource(Source):
         done: asyncio.Future[None] = loop.create_future()
 
         def answer(error: BaseException | None) -> None:
-            def apply() -> None:
-                if not done.done():
-                    done.set_exception(error) if error is not None else done.set_result(None)
-
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(apply)
+            resolve(loop, done, error, error=error is not None)
 
         member.commands.put(command(answer))
         if not member.thread.is_alive():  # died meanwhile: nobody will answer

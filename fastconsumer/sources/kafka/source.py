@@ -13,15 +13,9 @@ from fastconsumer.errors import ConfigError
 from fastconsumer.sources.base import Partition, Source, SourceListener, Watermarks
 from fastconsumer.sources.kafka.client import Client
 from fastconsumer.sources.kafka.commands import Close, Command, Commit, CommitSync, Fetch, Pause
-from fastconsumer.sources.kafka.config import SourceError, with_defaults
+from fastconsumer.sources.kafka.config import CLOSE_TIMEOUT_S, SourceError, with_defaults
 
 EARLIEST = ("earliest", "smallest", "beginning")
-#: Seconds ``close()`` waits for librdkafka to leave the group. It takes far less: the revoke's commit is
-#: tried for 3 s and the LeaveGroup request times out after 5 s. But a member whose coordinator connection
-#: stayed down through a broker restart waited over 60 s, and its stop with it (librdkafka's close can go on
-#: looking for a coordinator that does not answer: confluentinc/librdkafka#3740, open). Past this the member
-#: goes without leaving, and the group drops it when its session times out.
-CLOSE_TIMEOUT_S = 15.0
 
 log = logging.getLogger("fastconsumer")
 
