@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -28,6 +29,8 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
+import fastconsumer
+from fastconsumer.engine import Summary
 from fastconsumer.sources.base import Source, SourceListener
 
 TIMEOUT = 30.0  # seconds for any one broker request or wait
@@ -229,6 +232,18 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 60.0) -> list[Messag
         return out
     finally:
         c.close()
+
+
+def stop_while_frozen(consumer: fastconsumer.Consumer, broker_pid: int) -> tuple[Summary | None, float]:
+    """Stop ``consumer`` while its broker is frozen with SIGSTOP, as a broker that stopped answering; the
+    summary and the seconds the stop took."""
+    os.kill(broker_pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        summary = consumer.stop()
+        return summary, time.monotonic() - started
+    finally:
+        os.kill(broker_pid, signal.SIGCONT)
 
 
 def start_cli(

@@ -2,8 +2,6 @@
 
 import asyncio
 import json
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +20,7 @@ from tests.kafka_helpers import (
     end_offsets,
     local_broker_module,
     read_topic,
+    stop_while_frozen,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,13 +184,7 @@ def test_a_stop_does_not_wait_on_a_broker_that_stopped_answering(monkeypatch, ca
         while sum(consumer.stats.committed.values()) < 100:  # everything committed: the stop commits nothing
             assert time.monotonic() < deadline, f"committed {consumer.stats.committed}"
             time.sleep(0.05)  # polling a counter the consumer's thread moves
-        os.kill(broker.pid, signal.SIGSTOP)
-        try:
-            started = time.monotonic()
-            summary = consumer.stop()
-            took = time.monotonic() - started
-        finally:
-            os.kill(broker.pid, signal.SIGCONT)
+        summary, took = stop_while_frozen(consumer, broker.pid)
     assert summary is not None and summary.error is None and summary.handled == 100
     assert took < 4.0  # librdkafka's own LeaveGroup timeout alone is 5 s
     assert "leaving group 'frozen' did not finish within 0.5 s" in caplog.text

@@ -34,6 +34,7 @@ from tests.kafka_helpers import (
     read_topic,
     retrying,
     start_cli,
+    stop_while_frozen,
 )
 
 WAIT = 60.0  # seconds any condition below may take at most: a failure, never a sleep
@@ -354,13 +355,7 @@ def test_a_stop_does_not_wait_on_a_broker_that_stopped_answering(monkeypatch, ca
         try:
             wait_for(lambda: len(handled) == 50, "every record handled")
         finally:
-            os.kill(broker.pid, signal.SIGSTOP)
-            try:
-                started = time.monotonic()
-                summary = consumer.stop()
-                took = time.monotonic() - started
-            finally:
-                os.kill(broker.pid, signal.SIGCONT)
+            summary, took = stop_while_frozen(consumer, broker.pid)
     assert summary is not None and summary.error is None and summary.handled == 50
     assert took < 4.0
     assert f"leaving share group {group!r} did not finish within 0.5 s" in caplog.text
