@@ -8,9 +8,11 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from confluent_kafka import Producer
 
 from fastconsumer import Consumer
+from fastconsumer.engine import commits
 from fastconsumer.produce import produce
 from fastconsumer.sources import KafkaSource
 from fastconsumer.sources.kafka import source as kafka_source
@@ -163,28 +165,61 @@ def test_the_consumer_rides_out_a_broker_restart(tmp_path):
         assert committed_offsets(bootstrap, "restart", "restart") == ends
 
 
-def test_a_stop_does_not_wait_on_a_broker_that_stopped_answering(monkeypatch, caplog):
+@pytest.fixture(scope="module")
+def freezable_broker():
+    """A broker of these tests' own, to freeze with SIGSTOP (as one that stopped answering)."""
+    with local_broker_module().LocalBroker() as broker:
+        yield broker
+
+
+def handled_all(bootstrap: str, topic: str, commit_interval: float) -> Consumer:
+    """A consumer of ``topic`` (100 messages) that has handled every message."""
+    create_topic(bootstrap, topic, 2)
+    produce(bootstrap, topic, 100, keys=10)
+    handled = threading.Semaphore(0)
+
+    async def handler(msg):
+        handled.release()
+
+    source = KafkaSource(bootstrap, [topic], topic, from_beginning=True)
+    consumer = Consumer(source, handler, commit_interval=commit_interval)
+    consumer.start()
+    for _ in range(100):
+        assert handled.acquire(timeout=60), f"handled {consumer.stats.handled} of 100"
+    return consumer
+
+
+def test_a_stop_does_not_wait_on_a_broker_that_stopped_answering(freezable_broker, monkeypatch, caplog):
     """Once every message is handled and committed, a stop has nothing left that needs the broker but
     leaving the group. A broker that stopped answering (here frozen with SIGSTOP; in the soak, a member
     whose coordinator connection stayed down through a restart) held librdkafka's close, and so the stop,
     for its request timeout: 60 s. The close is bounded (CLOSE_TIMEOUT_S; 0.5 s here)."""
     monkeypatch.setattr(kafka_source, "CLOSE_TIMEOUT_S", 0.5)
-    with local_broker_module().LocalBroker() as broker:
-        bootstrap = broker.bootstrap
-        create_topic(bootstrap, "frozen", 2)
-        produce(bootstrap, "frozen", 100, keys=10)
-
-        async def handler(msg):
-            pass
-
-        source = KafkaSource(bootstrap, ["frozen"], "frozen", from_beginning=True)
-        consumer = Consumer(source, handler, commit_interval=0.1)
-        consumer.start()
-        deadline = time.monotonic() + 60
-        while sum(consumer.stats.committed.values()) < 100:  # everything committed: the stop commits nothing
-            assert time.monotonic() < deadline, f"committed {consumer.stats.committed}"
-            time.sleep(0.05)  # polling a counter the consumer's thread moves
-        summary, took = stop_while_frozen(consumer, broker.pid)
+    consumer = handled_all(freezable_broker.bootstrap, "frozen", commit_interval=0.1)
+    deadline = time.monotonic() + 60
+    while sum(consumer.stats.committed.values()) < 100:  # everything committed: the stop commits nothing
+        assert time.monotonic() < deadline, f"committed {consumer.stats.committed}"
+        time.sleep(0.05)  # polling a counter the consumer's thread moves
+    summary, took = stop_while_frozen(consumer, freezable_broker.pid)
     assert summary is not None and summary.error is None and summary.handled == 100
     assert took < 4.0  # librdkafka's own LeaveGroup timeout alone is 5 s
     assert "leaving group 'frozen' did not finish within 0.5 s" in caplog.text
+
+
+def test_a_final_commit_the_broker_does_not_answer_ends_the_stop_in_time(
+    freezable_broker, monkeypatch, caplog
+):
+    """librdkafka's synchronous commit waits for the coordinator without a bound: with the final commit
+    still to make, a stop on a broker that stopped answering never ended (the soak saw a member hang after
+    a broker restart). The final commit gives up after FINAL_COMMIT_S (1 s here) with an error that says
+    what happens (the messages come again), and the stop ends."""
+    monkeypatch.setattr(commits, "FINAL_COMMIT_S", 1.0)
+    monkeypatch.setattr(kafka_source, "CLOSE_TIMEOUT_S", 0.5)
+    consumer = handled_all(freezable_broker.bootstrap, "frozen-commit", commit_interval=3600)
+    assert consumer.stats.committed == {}
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="not answered within 1 s .* will be delivered again"):
+        stop_while_frozen(consumer, freezable_broker.pid)
+    assert time.monotonic() - started < 5.0
+    assert consumer.stats.committed == {} and consumer.stats.commit_failures == 1
+    assert "final commit failed: not answered within 1 s" in caplog.text

@@ -13,6 +13,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from fastconsumer import Consumer, MemoryLog, MemorySource, Outcome, Stats
+from fastconsumer.engine import commits
 from fastconsumer.engine.commits import Committer
 from fastconsumer.sources.base import SourceListener
 
@@ -347,6 +348,25 @@ def test_a_partition_lost_while_the_final_commit_retries_is_left_out_of_the_retr
     asyncio.run(committer.commit_sync())
     assert synced == [[(0, 0), (1, 0)], [(1, 0)]]
     assert stats.committed == {("t", 1): 0}
+
+
+def test_a_final_commit_nobody_answers_gives_up_in_time(impl, monkeypatch):
+    """librdkafka's synchronous commit waits for the coordinator without a bound: on a broker that stopped
+    answering, a stop waited for good. The final commit, its tries included, ends in FINAL_COMMIT_S."""
+    monkeypatch.setattr(commits, "FINAL_COMMIT_S", 0.2)
+    committer, stats = committer_owning([0], impl)
+
+    async def commit_sync(offsets):
+        await asyncio.Event().wait()  # never answered
+
+    committer.source.commit_sync = commit_sync
+
+    async def final():
+        await asyncio.wait_for(committer.commit_sync(), 10)  # the test's own bound: a hang fails it
+
+    with pytest.raises(TimeoutError, match="not answered within 0.2 s"):
+        asyncio.run(final())
+    assert stats.commit_failures == 1 and stats.committed == {}
 
 
 # -- memory

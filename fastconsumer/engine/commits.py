@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fastconsumer")
 
+#: Seconds the final commit may take, its tries included. A synchronous commit in librdkafka waits for the
+#: group's coordinator without a bound (confluentinc/confluent-kafka-python#1801, open): seen to hang a stop
+#: for minutes after a broker restart, and for good on a broker that stopped answering.
+FINAL_COMMIT_S = 30.0
+
 
 class Committer:
     def __init__(self, source: Source, tracker: OffsetTracker, stats: Stats, interval: float) -> None:
@@ -113,8 +118,10 @@ class Committer:
 
     async def commit_sync(self, attempts: int = 5) -> None:
         """Commit the tracker's safe offsets and wait; a broker that is restarting gets a few tries with
-        backoff before this fails. A partition lost between tries is left out: it is not ours to commit,
-        and its next owner may be past it."""
+        backoff before this fails, and all of them ``FINAL_COMMIT_S`` at most. A partition lost between
+        tries is left out: it is not ours to commit, and its next owner may be past it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FINAL_COMMIT_S
         pending = self.with_metadata(((t, p), o) for t, p, o in self.tracker.positions())
         for attempt in range(1, attempts + 1):
             owned = set(self.tracker.partitions())
@@ -122,14 +129,21 @@ class Committer:
             if not pending:
                 return
             try:
-                done = await self.source.commit_sync(pending)
+                done = await asyncio.wait_for(self.source.commit_sync(pending), deadline - loop.time())
                 break
+            except asyncio.TimeoutError:
+                self.stats.commit_failures += 1
+                raise TimeoutError(
+                    f"not answered within {FINAL_COMMIT_S:g} s (is the group's coordinator reachable?); "
+                    "what was handled since the last commit will be delivered again"
+                ) from None
             except Exception as exc:
                 self.stats.commit_failures += 1
-                if attempt == attempts:
+                backoff = 0.5 * 2 ** (attempt - 1)
+                if attempt == attempts or loop.time() + backoff >= deadline:
                     raise
                 log.warning("final commit failed (attempt %d of %d), retrying: %s", attempt, attempts, exc)
-                await asyncio.sleep(0.5 * 2 ** (attempt - 1))
+                await asyncio.sleep(backoff)
         self._committed(done)
 
     def forget(self, partitions: Iterable[Partition]) -> None:

@@ -539,11 +539,20 @@ class Client:
         self._pauses.apply(consumer, self.assignment, everything)
 
     def _call_engine(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run an engine coroutine on the event loop and wait for it from this thread."""
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        """Run an engine coroutine on the event loop and wait for it from this thread; RuntimeError once the
+        loop is closed (the run ended without waiting for this thread: a commit or close out of time)."""
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        except RuntimeError:
+            coro.close()
+            raise
+        return future.result()
 
     def _report_commit(self, offsets: list[TopicPartition], error: KafkaException | None) -> None:
-        self._loop.call_soon_threadsafe(self._listener.on_commit, offsets, error)
+        try:
+            self._loop.call_soon_threadsafe(self._listener.on_commit, offsets, error)
+        except RuntimeError:  # the loop is closed: nobody waits for it any more
+            pass
 
     def _on_assign(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
         self.stats.rebalances += 1
