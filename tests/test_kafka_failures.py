@@ -15,7 +15,7 @@ from fastconsumer import Consumer
 from fastconsumer.engine import commits
 from fastconsumer.produce import produce
 from fastconsumer.sources import KafkaSource
-from fastconsumer.sources.kafka import source as kafka_source
+from fastconsumer.sources.kafka import client as kafka_client
 from tests.kafka_helpers import (
     committed_offsets,
     create_topic,
@@ -194,7 +194,7 @@ def test_a_stop_does_not_wait_on_a_broker_that_stopped_answering(freezable_broke
     leaving the group. A broker that stopped answering (here frozen with SIGSTOP; in the soak, a member
     whose coordinator connection stayed down through a restart) held librdkafka's close, and so the stop,
     for its request timeout: 60 s. The close is bounded (CLOSE_TIMEOUT_S; 0.5 s here)."""
-    monkeypatch.setattr(kafka_source, "CLOSE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(kafka_client, "CLOSE_TIMEOUT_S", 0.5)
     consumer = handled_all(freezable_broker.bootstrap, "frozen", commit_interval=0.1)
     deadline = time.monotonic() + 60
     while sum(consumer.stats.committed.values()) < 100:  # everything committed: the stop commits nothing
@@ -214,7 +214,7 @@ def test_a_final_commit_the_broker_does_not_answer_ends_the_stop_in_time(
     a broker restart). The final commit gives up after FINAL_COMMIT_S (1 s here) with an error that says
     what happens (the messages come again), and the stop ends."""
     monkeypatch.setattr(commits, "FINAL_COMMIT_S", 1.0)
-    monkeypatch.setattr(kafka_source, "CLOSE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(kafka_client, "CLOSE_TIMEOUT_S", 0.5)
     consumer = handled_all(freezable_broker.bootstrap, "frozen-commit", commit_interval=3600)
     assert consumer.stats.committed == {}
     started = time.monotonic()

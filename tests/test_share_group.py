@@ -25,7 +25,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, ConfigResource
 
 from fastconsumer import Consumer, KafkaShareSource
-from fastconsumer.sources.kafka import share as share_source
+from fastconsumer.sources.kafka import client as kafka_client
 from tests.kafka_helpers import (
     BROKER_PY,
     create_topic,
@@ -338,7 +338,7 @@ def test_a_stop_does_not_wait_on_a_broker_that_stopped_answering(monkeypatch, ca
     """A share consumer's close waits out its request timeout (60 s) on a broker that stopped answering
     (here frozen with SIGSTOP), and the stop with it. The close is bounded (CLOSE_TIMEOUT_S; 0.5 s here):
     what it did not acknowledge, the broker hands out again when the locks expire."""
-    monkeypatch.setattr(share_source, "CLOSE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(kafka_client, "CLOSE_TIMEOUT_S", 0.5)
     with local_broker_module().LocalBroker() as broker:
         bootstrap = broker.bootstrap
         create_topic(bootstrap, "frozen", partitions=1)

@@ -155,10 +155,9 @@ class Committer:
 
     def reset(self, partitions: Iterable[Partition]) -> None:
         """Lost partitions, and ones whose offsets restarted lower: what was committed is not known."""
-        for key in partitions:
-            self._resend.pop(key, None)
-            self._noted.pop(key, None)
-            self._sent.pop(key, None)
+        keys = list(partitions)
+        self.forget(keys)
+        for key in keys:
             self.stats.committed.pop(key, None)
 
     def _committed(self, offsets: Iterable[TopicPartition]) -> None:

@@ -29,7 +29,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer as KafkaConsumer
@@ -39,7 +39,7 @@ from fastconsumer import core
 from fastconsumer.errors import ConfigError
 from fastconsumer.sources.base import Partition, SourceListener, SourceStats
 from fastconsumer.sources.kafka.commands import Close, Command, Commit, CommitSync, Fetch, Pause
-from fastconsumer.sources.kafka.config import SourceError, incremental, reason
+from fastconsumer.sources.kafka.config import CLOSE_TIMEOUT_S, SourceError, incremental, reason
 from fastconsumer.sources.kafka.pauses import Pauses, size_of
 
 log = logging.getLogger("fastconsumer.kafka")
@@ -99,6 +99,22 @@ def resolve(
         loop.call_soon_threadsafe(apply)
     except RuntimeError:  # the loop is closed: nobody waits any more (a close that ran out of time)
         pass
+
+
+async def leave_in_time(leaving: Awaitable[Any], who: str, then: str) -> bool:
+    """Await ``leaving`` (a close, which leaves the group) for ``CLOSE_TIMEOUT_S`` at most; past it, say so
+    and what follows (``then``), and return False: the thread is left to finish by itself."""
+    try:
+        await asyncio.wait_for(leaving, CLOSE_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        log.warning(
+            "leaving %s did not finish within %g s (is the broker reachable?): stopping without it; %s",
+            who,
+            CLOSE_TIMEOUT_S,
+            then,
+        )
+        return False
+    return True
 
 
 class Client:

@@ -40,8 +40,8 @@ from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, Config
 from fastconsumer.errors import ConfigError
 from fastconsumer.policy import Outcome
 from fastconsumer.sources.base import Partition, Source, SourceListener
-from fastconsumer.sources.kafka.client import resolve
-from fastconsumer.sources.kafka.config import CLOSE_TIMEOUT_S, SourceError, reason
+from fastconsumer.sources.kafka.client import leave_in_time, resolve
+from fastconsumer.sources.kafka.config import SourceError, reason
 from fastconsumer.sources.kafka.share_member import Ack as AckCommand
 from fastconsumer.sources.kafka.share_member import Flush, Member, Stop, librdkafka_log
 
@@ -281,16 +281,10 @@ class KafkaShareSource(Source):
         alive = [m for m in members if m.thread.is_alive()]
         stops = asyncio.gather(*(self._ask(m, Stop) for m in alive), return_exceptions=True)
         self._seen = set()
-        try:
-            results = await asyncio.wait_for(stops, CLOSE_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            log.warning(
-                "leaving share group %r did not finish within %g s (is the broker reachable?): stopping "
-                "without it; the broker hands this member's records to others when their locks expire",
-                self.group,
-                CLOSE_TIMEOUT_S,
-            )
+        then = "the broker hands this member's records to others when their locks expire"
+        if not await leave_in_time(stops, f"share group {self.group!r}", then):
             return
+        results = stops.result()
         for member in members:
             await asyncio.to_thread(member.thread.join)  # each ends right after its close
         errors = [r for r in results if isinstance(r, BaseException)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
@@ -11,13 +10,11 @@ from confluent_kafka import Message, TopicPartition
 
 from fastconsumer.errors import ConfigError
 from fastconsumer.sources.base import Partition, Source, SourceListener, Watermarks
-from fastconsumer.sources.kafka.client import Client
+from fastconsumer.sources.kafka.client import Client, leave_in_time
 from fastconsumer.sources.kafka.commands import Close, Command, Commit, CommitSync, Fetch, Pause
-from fastconsumer.sources.kafka.config import CLOSE_TIMEOUT_S, SourceError, with_defaults
+from fastconsumer.sources.kafka.config import SourceError, with_defaults
 
 EARLIEST = ("earliest", "smallest", "beginning")
-
-log = logging.getLogger("fastconsumer")
 
 T = TypeVar("T")
 
@@ -133,16 +130,8 @@ class KafkaSource(Source):
         client = self._client
         if client is None or client.thread is None or not client.thread.is_alive():
             return
-        try:
-            await asyncio.wait_for(self._ask(Close), CLOSE_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            log.warning(
-                "leaving group %r did not finish within %g s (is its coordinator reachable?): stopping "
-                "without it; the group drops this member when its session times out",
-                self.group,
-                CLOSE_TIMEOUT_S,
-            )
-        else:
+        then = "the group drops this member when its session times out"
+        if await leave_in_time(self._ask(Close), f"group {self.group!r}", then):
             await asyncio.to_thread(client.thread.join)  # the thread ends right after the close
         client.assignment = set()
 
